@@ -1,0 +1,74 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrepro import kernels, samplers
+from jaxrepro.oracle import gaussian_denoiser
+from jaxrepro.precond import Precond, make_denoiser
+
+
+def test_edm_preconditioning_gives_unit_variance_input_and_target(rng):
+    """EDM §B.6: with y ~ N(0, σ_data²), Var(c_in(y+n)) = 1 and Var((y − c_skip(y+n))/c_out) = 1."""
+    pc = Precond("edm")
+    y = 0.5 * rng.standard_normal(200_000)
+    for sigma in [0.01, 0.3, 2.0, 50.0]:
+        x = y + sigma * rng.standard_normal(y.shape)
+        c_skip, c_out, c_in, _ = (float(c) for c in pc.coefficients(jnp.float32(sigma)))
+        assert abs(np.var(c_in * x) - 1) < 0.02
+        assert abs(np.var((y - c_skip * x) / c_out) - 1) < 0.02
+
+
+def test_vp_ve_coefficients_follow_table_1():
+    t = np.array([0.1, 0.5, 0.9])
+    sigma = kernels.vp_sigma(t)
+    c_skip, c_out, c_in, c_noise = Precond("vp").coefficients(jnp.asarray(sigma, jnp.float32))
+    np.testing.assert_allclose(c_noise, 999 * t, rtol=1e-4)
+    np.testing.assert_allclose(c_in, 1 / np.sqrt(1 + sigma ** 2), rtol=1e-6)
+    np.testing.assert_allclose(c_out, -sigma, rtol=1e-6)
+    _, c_out, c_in, c_noise = Precond("ve").coefficients(jnp.asarray([0.02, 2.0, 100.0]))
+    np.testing.assert_allclose(c_noise, np.log([0.01, 1.0, 50.0]), rtol=1e-5)
+    np.testing.assert_allclose(c_out, [0.02, 2.0, 100.0])
+    assert Precond("ve").sigma_range == (0.02, 100.0)
+    np.testing.assert_allclose(Precond("vp").sigma_range, [0.0010005, 152.17], rtol=1e-3)
+
+
+def test_iddpm_rounds_sigma_and_uses_first_channels():
+    pc = Precond("iddpm")
+    u = pc.u
+    np.testing.assert_allclose(pc.sigma_range, [0.00643, 20291], rtol=1e-3)
+    sig = jnp.asarray([u[10] * 1.0001, u[500], u[998] * 0.9999], jnp.float32)
+    np.testing.assert_allclose(pc.round_sigma(sig), u[[10, 500, 998]], rtol=1e-6)
+    np.testing.assert_array_equal(pc.coefficients(sig)[3], [989, 499, 1])
+
+    def net(params, x, c_noise, labels, train):          # ε in the first C channels, junk after
+        return jnp.concatenate([params * x, 1e6 * jnp.ones_like(x)], axis=-1)
+    den = make_denoiser(net, jnp.float32(0.0), "iddpm")
+    x = jnp.ones((3, 2, 2, 3))
+    np.testing.assert_allclose(den(x, sig), x)            # F = 0 → D = c_skip x = x
+
+
+def test_ideal_network_reproduces_the_optimal_denoiser_through_a_sampler():
+    """F* = (D* − c_skip x)/c_out written from c_in x and c_noise alone recovers D* for every kind."""
+    mu, c = 0.2, 0.5
+    for kind in ["vp", "ve", "edm"]:
+        pc = Precond(kind)
+
+        def net(params, xin, c_noise, labels, train, pc=pc):
+            # invert c_noise → σ by the kind's own definition, then emit the ideal F
+            sigma = {"vp": lambda: kernels.vp_sigma(c_noise / 999.0), "ve": lambda: 2 * jnp.exp(c_noise),
+                     "edm": lambda: jnp.exp(4 * c_noise)}[kind]()
+            c_skip, c_out, c_in, _ = pc.coefficients(sigma)
+            x = xin / c_in[:, None]
+            return (gaussian_denoiser(x, sigma, mu, c) - c_skip[:, None] * x) / c_out[:, None]
+        den = make_denoiser(net, {}, kind)
+        lat = samplers.latents_from_seeds(np.arange(3), (4,))
+        sig = kernels.edm_sigmas(8, sigma_min=0.05, sigma_max=20.0)
+        a = samplers.sample(den, lat, sig)
+        b = samplers.sample(lambda x, s: gaussian_denoiser(x, s, mu, c), lat, sig)
+        np.testing.assert_allclose(a, b, atol=2e-4)
+
+
+def test_unknown_kind_is_refused():
+    with pytest.raises(ValueError, match="allowed: vp, ve, edm, iddpm"):
+        Precond("ddpm")

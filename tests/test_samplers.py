@@ -1,0 +1,129 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrepro import kernels, samplers
+from jaxrepro.oracle import gaussian_denoiser, make_optimal_denoiser
+
+MU, C = 0.3, 0.5
+
+
+def gauss(x, sigma):
+    return gaussian_denoiser(x, sigma, MU, C)
+
+
+def exact_gaussian_flow(x0, s0, s1):
+    """PF-ODE solution for N(μ, c²I) data: x(σ) − μ = (x(σ₀) − μ)·√((c²+σ²)/(c²+σ₀²))."""
+    return MU + (x0 - MU) * np.sqrt((C ** 2 + s1 ** 2) / (C ** 2 + s0 ** 2))
+
+
+def order(errors, steps):
+    return -np.polyfit(np.log(steps), np.log(errors), 1)[0]
+
+
+def test_latents_are_a_pure_function_of_the_seed():
+    full = np.asarray(samplers.latents_from_seeds(np.arange(10), (4, 4, 3)))
+    part = np.asarray(samplers.latents_from_seeds([7, 3], (4, 4, 3)))
+    np.testing.assert_array_equal(part, full[[7, 3]])
+    assert full.shape == (10, 4, 4, 3) and abs(full.std() - 1) < 0.1
+    assert not np.allclose(full[0], full[1])
+    with pytest.raises(ValueError, match="seeds"):
+        samplers.latents_from_seeds([-1], (2,))
+
+
+@pytest.mark.parametrize("solver,expected,kw", [
+    ("euler", 1.0, {}), ("heun", 2.0, {}), ("dpmpp2m", 2.0, {}),
+    ("heun", 2.0, dict(schedule="vp", scaling="vp")), ("euler", 1.0, dict(schedule="ve", scaling="none")),
+])
+def test_convergence_order_on_gaussian_data(solver, expected, kw):
+    lat = np.asarray(samplers.latents_from_seeds(np.arange(8), (6,)), np.float64)
+    steps = [16, 32, 64]
+    with jax.enable_x64(True):
+        errs = []
+        for n in steps:
+            sig = kernels.edm_sigmas(n, sigma_min=0.05, sigma_max=20.0)[:-1]
+            out = samplers.sample(gauss, jnp.asarray(lat), sig, solver, dtype=jnp.float64, **kw)
+            errs.append(np.abs(np.asarray(out) - exact_gaussian_flow(lat * 20.0, 20.0, 0.05)).max())
+    assert abs(order(errs, steps) - expected) < 0.25, errs
+
+
+def test_ddim_equals_classic_ddim_update():
+    sig = kernels.vp_discretization(12)
+    lat = np.asarray(samplers.latents_from_seeds(np.arange(4), (5,)), np.float64)
+    with jax.enable_x64(True):
+        got = np.asarray(samplers.sample(gauss, jnp.asarray(lat), sig, "ddim", dtype=jnp.float64))
+        # classic DDIM (η = 0) in x_t = √ᾱ x̂ with ᾱ = 1/(1+σ²), started at x_T = √(1−ᾱ_T) ε
+        abar = 1 / (1 + sig ** 2)
+        x = np.sqrt(1 - abar[0]) * lat
+        for i in range(len(sig) - 1):
+            x0 = np.asarray(gauss(jnp.asarray(x / np.sqrt(abar[i])), sig[i]))
+            eps = (x - np.sqrt(abar[i]) * x0) / np.sqrt(1 - abar[i])
+            x = np.sqrt(abar[i + 1]) * x0 + np.sqrt(1 - abar[i + 1]) * eps
+    np.testing.assert_allclose(got, x, rtol=1e-10, atol=1e-12)
+
+
+def test_heun_uses_35_evaluations_for_18_steps():
+    calls = []
+
+    def counting(x, sigma):
+        jax.debug.callback(lambda s: calls.append(float(s[0])), sigma)
+        return gauss(x, sigma)
+    samplers.sample(counting, jnp.zeros((2, 3)), kernels.edm_sigmas(18), "heun")
+    assert len(calls) == 35 and min(calls) > 0
+
+
+def test_oracle_sampling_reproduces_training_images(rng):
+    data = rng.uniform(-1, 1, (32, 8, 8, 3)).astype(np.float32)
+    den = make_optimal_denoiser(data)
+    one = make_optimal_denoiser(data[:1])
+    lat = samplers.latents_from_seeds(np.arange(64), (8, 8, 3))
+    out = np.asarray(samplers.sample(one, lat[:4], kernels.edm_sigmas(18)))
+    np.testing.assert_allclose(out, np.repeat(data[:1], 4, 0), atol=1e-5)
+    out = np.asarray(samplers.sample(den, lat, kernels.edm_sigmas(18), "heun"))
+    dist = np.abs(out[:, None] - data[None]).max(axis=(2, 3, 4))       # [64, 32]
+    assert dist.min(1).max() < 1e-3
+    assert len(np.unique(dist.argmin(1))) > 10                          # many basins, not one
+
+
+@pytest.mark.parametrize("solver,expected", [("euler", 1.0), ("heun", 3.0)])
+def test_inversion_round_trip_falls_at_solver_order(solver, expected):
+    """Heun's round trip gains an order: its leading local error ∝ h³ is odd in h and cancels."""
+    lat = np.asarray(samplers.latents_from_seeds(np.arange(6), (5,)), np.float64)
+    steps = [16, 32, 64]
+    with jax.enable_x64(True):
+        errs = []
+        for n in steps:
+            sig = kernels.edm_sigmas(n, sigma_min=0.05, sigma_max=20.0)[:-1]
+            img = samplers.sample(gauss, jnp.asarray(lat), sig, solver, dtype=jnp.float64)
+            back = samplers.invert(gauss, img, sig, solver, dtype=jnp.float64)
+            errs.append(np.abs(np.asarray(back) - lat).max())
+    assert abs(order(errs, steps) - expected) < 0.25, errs
+
+
+def test_churn_is_a_seeded_negative_control():
+    lat = samplers.latents_from_seeds(np.arange(4), (6,))
+    sig = kernels.edm_sigmas(18)
+    det = samplers.sample(gauss, lat, sig, "heun")
+    zero = samplers.sample(gauss, lat, sig, "heun", churn=dict(S_churn=0.0), churn_seeds=np.arange(4))
+    np.testing.assert_allclose(zero, det, atol=1e-6)
+    churn = dict(S_churn=40.0, S_min=0.05, S_max=50.0)
+    a = samplers.sample(gauss, lat, sig, "heun", churn=churn, churn_seeds=np.arange(4))
+    b = samplers.sample(gauss, lat, sig, "heun", churn=churn, churn_seeds=np.arange(4) + 100)
+    part = samplers.sample(gauss, lat[2:], sig, "heun", churn=churn, churn_seeds=np.arange(2, 4))
+    assert np.abs(np.asarray(a - det)).max() > 0.05 and np.abs(np.asarray(a - b)).max() > 0.05
+    np.testing.assert_allclose(part, a[2:], atol=1e-6)
+
+
+def test_bad_arguments_are_refused():
+    lat = jnp.zeros((2, 3))
+    with pytest.raises(ValueError, match="solver"):
+        samplers.sample(gauss, lat, kernels.edm_sigmas(5), "rk45")
+    with pytest.raises(ValueError, match="decreasing"):
+        samplers.sample(gauss, lat, [1.0, 2.0, 0.0])
+    with pytest.raises(ValueError, match="> 0"):
+        samplers.sample(gauss, lat, [1.0, -1.0, 0.0][:2] + [0.0])
+    with pytest.raises(ValueError, match="float64"):
+        samplers.sample(gauss, lat, kernels.edm_sigmas(5), dtype=jnp.float64)
+    with pytest.raises(ValueError, match="inversion"):
+        samplers.invert(gauss, lat, kernels.edm_sigmas(5)[:-1], "ddim")
