@@ -93,3 +93,24 @@ class _BoundDenoise:
 def make_denoiser(apply_fn, params, kind="edm", **precond_kw):
     """D(x, σ, labels=None) for a network apply_fn(params, x, c_noise, labels, train) → x-shaped."""
     return jax.tree_util.Partial(_BoundDenoise(apply_fn, Precond(kind, **precond_kw)), params)
+
+
+def _with_labels(denoise_fn, labels, x, sigma):
+    return denoise_fn(x, sigma, labels)
+
+
+def with_labels(denoise_fn, labels):
+    """D(x, σ) of a conditional denoiser with its class labels [B] bound."""
+    return jax.tree_util.Partial(_with_labels, denoise_fn, jnp.asarray(labels, jnp.int32))
+
+
+def _cfg(denoise_fn, labels, weight, null, x, sigma):
+    d_cond = denoise_fn(x, sigma, labels)
+    d_uncond = denoise_fn(x, sigma, jnp.full_like(labels, null))
+    return d_cond + weight * (d_cond - d_uncond)
+
+
+def classifier_free_guidance(denoise_fn, labels, weight, num_classes):
+    """D(x, σ) = D(x, σ, c) + w (D(x, σ, c) − D(x, σ, ∅)); the null label ∅ is index num_classes."""
+    return jax.tree_util.Partial(_cfg, denoise_fn, jnp.asarray(labels, jnp.int32),
+                                 jnp.asarray(weight, jnp.float32), jnp.asarray(num_classes, jnp.int32))

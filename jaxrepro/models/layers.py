@@ -1,0 +1,45 @@
+"""Shared pieces of the score networks: noise embeddings, group norm, label dropout."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def positional_embedding(c_noise, num_channels, max_positions=10000, endpoint=True):
+    """EDM's PositionalEmbedding with SongUNet's [sin, cos] order: [B] → [B, num_channels]."""
+    half = num_channels // 2
+    freqs = jnp.arange(half, dtype=jnp.float32) / (half - (1 if endpoint else 0))
+    freqs = (1.0 / max_positions) ** freqs
+    arg = jnp.asarray(c_noise, jnp.float32).reshape(-1)[:, None] * freqs[None]
+    return jnp.concatenate([jnp.sin(arg), jnp.cos(arg)], axis=1)
+
+
+def group_norm(channels, eps=1e-6, name=None):
+    """GroupNorm with min(32, channels // 4) groups of this layer's channels (EDM)."""
+    return nn.GroupNorm(num_groups=min(32, channels // 4), epsilon=eps, name=name)
+
+
+def null_labels(batch, num_classes):
+    """The unconditional label (index num_classes) for a batch."""
+    return jnp.full((batch,), num_classes, jnp.int32)
+
+
+def check_labels(labels, batch, num_classes):
+    """[B] int labels, null labels when None; refuses labels for an unconditional network."""
+    if num_classes == 0:
+        if labels is not None:
+            raise ValueError("this network is unconditional (num_classes=0) but labels were given")
+        return None
+    if labels is None:
+        return null_labels(batch, num_classes)
+    labels = jnp.asarray(labels, jnp.int32).reshape(-1)
+    if labels.shape != (batch,):
+        raise ValueError(f"labels must be [B] = [{batch}], got shape {labels.shape}")
+    return labels
+
+
+def drop_labels(module, labels, rate, num_classes, train):
+    """Label dropout for classifier-free guidance: with probability `rate` a label becomes null."""
+    if not train or rate <= 0 or labels is None:
+        return labels
+    keep = jax.random.uniform(module.make_rng("dropout"), labels.shape) >= rate
+    return jnp.where(keep, labels, num_classes)

@@ -1,0 +1,91 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrepro import kernels, samplers
+from jaxrepro.models import PRESETS, ModelApply, get_model, init_params, param_count
+from jaxrepro.precond import KINDS, classifier_free_guidance, make_denoiser, with_labels
+
+SMALL = ["ddpmpp_tiny", "uvit_tiny", "mlp_tiny"]
+
+
+@pytest.mark.parametrize("name,expected", [("ddpmpp_c64", 13_956_931), ("ddpmpp_c128", 55_733_891),
+                                           ("ddpmpp_c256", 222_747_907)])
+def test_ddpmpp_parameter_counts_equal_edm(name, expected):
+    assert param_count(get_model(name), (32, 32, 3)) == expected
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_output_shape_and_dtype_of_every_preset(name):
+    model = get_model(name)
+    shape = (8, 8, 3) if name.startswith("mlp") else (32, 32, 3)
+    params = jax.eval_shape(lambda: init_params(model, shape, 0))
+    out = jax.eval_shape(lambda p, x, c: model.apply(p, x, c), params,
+                         jax.ShapeDtypeStruct((2, *shape), jnp.float32), jax.ShapeDtypeStruct((2,), jnp.float32))
+    assert out.shape == (2, *shape) and out.dtype == jnp.float32
+
+
+# iDDPM needs a 2C-channel head, which DDPM++ offers (out_channels)
+COMBOS = [(n, k) for n in SMALL for k in KINDS if k != "iddpm" or n.startswith("ddpmpp")]
+
+
+@pytest.mark.parametrize("name,kind", COMBOS)
+def test_denoiser_is_finite_over_the_sigma_range(name, kind):
+    model = get_model(name, **({"out_channels": 6} if kind == "iddpm" else {}))
+    shape = (16, 16, 3)
+    params = init_params(model, shape, 0)
+    den = jax.jit(make_denoiser(ModelApply(model), params, kind))
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, *shape))
+    for sigma in [0.002, 0.1, 1.0, 10.0, 80.0]:
+        out = den(x * sigma, sigma)
+        assert out.shape == x.shape and bool(jnp.all(jnp.isfinite(out))), (sigma, kind)
+
+
+def test_classifier_free_guidance_combinator():
+    model = get_model("uvit_tiny", num_classes=10)
+    params = init_params(model, (8, 8, 3), 0, conditional=True)
+    den = make_denoiser(ModelApply(model), params, "edm")
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 3))
+    labels = jnp.array([0, 3, 3, 9])
+    cond = jax.jit(den)(x, 1.3, labels)
+    uncond = jax.jit(den)(x, 1.3, jnp.full(4, 10))
+    assert float(jnp.abs(cond - uncond).max()) > 1e-4                   # labels matter
+    def guided(lab, w):
+        return jax.jit(classifier_free_guidance(den, lab, w, 10))(x, 1.3)
+    np.testing.assert_allclose(guided(labels, 0.0), cond, atol=1e-6)
+    np.testing.assert_allclose(guided(jnp.full(4, 10), 2.5), uncond, atol=1e-5)
+    np.testing.assert_allclose(guided(labels, 1.0), 2 * cond - uncond, atol=1e-5)
+    # guided and label-bound denoisers drive the sampler like any D(x, σ)
+    lat = samplers.latents_from_seeds(np.arange(4), (8, 8, 3))
+    out = samplers.sample(classifier_free_guidance(den, labels, 0.5, 10), lat, kernels.edm_sigmas(3))
+    ref = samplers.sample(with_labels(den, labels), lat, kernels.edm_sigmas(3))
+    assert out.shape == lat.shape and float(jnp.abs(out - ref).max()) > 0
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_label_dropout_one_means_unconditional(name):
+    model = get_model(name, num_classes=5, label_dropout=1.0)
+    x = jax.random.normal(jax.random.PRNGKey(1), (3, 8, 8, 3))
+    params = init_params(model, (8, 8, 3), 0, conditional=True)
+    c = jnp.array([0.1, 0.5, -0.3])
+    rngs = {"dropout": jax.random.PRNGKey(3)}
+    apply = jax.jit(lambda lab: model.apply(params, x, c, lab, True, rngs=rngs))
+    dropped, null = apply(jnp.array([1, 2, 3])), apply(jnp.array([5, 5, 5]))
+    np.testing.assert_allclose(dropped, null, atol=1e-6)
+
+
+def test_bad_model_input_is_refused():
+    with pytest.raises(ValueError, match="allowed: ddpmpp_c128"):
+        get_model("resnet")
+    with pytest.raises(ValueError, match="no setting"):
+        get_model("mlp", channels=3)
+    model = get_model("ddpmpp_tiny")
+    params = init_params(model, (16, 16, 3), 0)
+    with pytest.raises(ValueError, match="square images"):
+        model.apply(params, jnp.zeros((1, 15, 15, 3)), jnp.zeros(1))
+    with pytest.raises(ValueError, match="unconditional"):
+        model.apply(params, jnp.zeros((1, 16, 16, 3)), jnp.zeros(1), jnp.zeros(1, jnp.int32))
+    with pytest.raises(ValueError, match="patch size"):
+        um = get_model("uvit_tiny")
+        um.init(jax.random.PRNGKey(0), jnp.zeros((1, 7, 7, 3)), jnp.zeros(1))
