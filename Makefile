@@ -17,6 +17,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/oracle.py
+	$(PY) benchmarks/train.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -68,12 +68,14 @@ class Precond:
                 1 / jnp.sqrt(sigma ** 2 + sd ** 2), jnp.log(sigma) / 4)
 
 
-def _denoise(apply_fn, precond, params, x, sigma, labels=None, train=False, rngs=None):
+def _denoise(apply_fn, precond, params, x, sigma, labels=None, train=False, rngs=None, augment_labels=None):
     """D(x; σ) = c_skip x + c_out F(c_in x, c_noise); x [B, ...], sigma scalar or [B]."""
     sigma = precond.round_sigma(jnp.broadcast_to(jnp.asarray(sigma, x.dtype), (x.shape[0],)))
     c_skip, c_out, c_in, c_noise = precond.coefficients(sigma)
     bshape = (-1,) + (1,) * (x.ndim - 1)
     kwargs = {} if rngs is None else {"rngs": rngs}
+    if augment_labels is not None:
+        kwargs["augment_labels"] = augment_labels
     f = apply_fn(params, c_in.reshape(bshape) * x, c_noise, labels, train, **kwargs)
     if precond.kind == "iddpm":          # the network predicts 2C channels; the first C are ε
         f = f[..., :x.shape[-1]]
@@ -86,8 +88,8 @@ class _BoundDenoise:
     apply_fn: object
     precond: Precond
 
-    def __call__(self, params, x, sigma, labels=None, train=False, rngs=None):
-        return _denoise(self.apply_fn, self.precond, params, x, sigma, labels, train, rngs)
+    def __call__(self, params, x, sigma, labels=None, train=False, rngs=None, augment_labels=None):
+        return _denoise(self.apply_fn, self.precond, params, x, sigma, labels, train, rngs, augment_labels)
 
 
 def make_denoiser(apply_fn, params, kind="edm", **precond_kw):

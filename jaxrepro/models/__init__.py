@@ -46,8 +46,8 @@ class ModelApply:
     """apply_fn(params, x, c_noise, labels, train, rngs=None) for precond.make_denoiser (hashable)."""
     module: nn.Module
 
-    def __call__(self, params, x, c_noise, labels=None, train=False, rngs=None):
-        return self.module.apply(params, x, c_noise, labels, train, rngs=rngs or {})
+    def __call__(self, params, x, c_noise, labels=None, train=False, rngs=None, **kwargs):
+        return self.module.apply(params, x, c_noise, labels, train, rngs=rngs or {}, **kwargs)
 
 
 def init_params(module, image_shape, seed=0, conditional=False):

@@ -1,0 +1,25 @@
+"""Shared defaults; every other config is a short diff on this one.
+
+    python -m jaxrepro.main --config=configs/base.py --workdir=/tmp/base
+"""
+import ml_collections
+
+
+def get_config(arg=None):
+    """Defaults: digits, N = 32, MLP, EDM loss and preconditioning, Heun 18 steps, 256 seeds."""
+    del arg
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.data = ml_collections.ConfigDict(dict(name="digits", data_dir="", n=32, subset_seed=0))
+    c.model = ml_collections.ConfigDict(dict(name="mlp"))          # + any preset field override
+    c.precond = "edm"                                              # vp | ve | edm | iddpm
+    c.loss = ml_collections.ConfigDict(dict(kind="edm", P_mean=-1.2, P_std=1.2))
+    c.train = ml_collections.ConfigDict(dict(
+        batch_size=64, num_steps=2000, lr=1e-3, warmup_images=64 * 200, ema_halflife_images=64 * 100,
+        ema_rampup=0.05, grad_clip=0.0, augment_p=0.0, log_every=500, ckpt_every=1000, keep_ckpts=3,
+        sample_every=0, num_sample_seeds=16))
+    c.sample = ml_collections.ConfigDict(dict(solver="heun", num_steps=18, sigma_min=0.002, sigma_max=80.0,
+                                              rho=7.0, num_seeds=256, first_seed=0))
+    c.compare = ml_collections.ConfigDict(dict(descriptor="pixel_cosine", fpr=0.01, gap_images=256))
+    c.generate = ml_collections.ConfigDict(dict(num_images=1024, first_seed=0))
+    return c

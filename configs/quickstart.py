@@ -1,0 +1,22 @@
+"""Memorization on the embedded digits: a trained MLP denoiser vs the closed-form optimal denoiser.
+
+    python -m jaxrepro.main --config=configs/quickstart.py --workdir=runs/quickstart_n32
+    python -m jaxrepro.main --config=configs/quickstart.py:n=1797 --workdir=runs/quickstart_n1797
+
+Expected (2 CPU cores, a few minutes each, see README): at N = 32 the network and the oracle,
+sampled with Heun (18 steps, EDM grid) from the same 256 seeds, land on the same training
+image for >= 85 % of seeds and GL (Gu ratio test) <= 0.1; at N = 1797 GL >= 0.9.
+"""
+from configs import base
+
+
+def get_config(arg=None):
+    """arg: 'n=<subset size>' (default 32)."""
+    c = base.get_config()
+    kv = dict(part.split("=", 1) for part in arg.split(",")) if arg else {}
+    c.data.n = int(kv.get("n", 32))
+    c.model = dict(name="mlp", width=256, depth=4, emb_dim=128)
+    c.loss.P_mean, c.loss.P_std = -1.2, 1.2
+    c.train.update(batch_size=64, num_steps=8000, lr=1e-3, warmup_images=64 * 200,
+                   ema_halflife_images=64 * 400, log_every=1000, ckpt_every=4000)
+    return c

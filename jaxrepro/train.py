@@ -1,0 +1,205 @@
+"""Training: train state with EMA, a jitted data-parallel step, the loop with checkpoints and records.
+
+Determinism: example j of the data stream (global position p = step·B + j) draws its σ, noise,
+dropout and augmentation from fold_in(fold_in(key(seed), step), p), and the batch at each step
+is a pure function of (seed, step) — so results do not depend on how the batch is split over
+devices, and a resumed run continues bit-identically.
+"""
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxrepro import augment as augment_lib
+from jaxrepro.checkpoint import Checkpointer
+from jaxrepro.losses import LossConfig, example_loss
+from jaxrepro.precond import Precond, _denoise
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and bookkeeping settings (EDM's recipe as defaults where it applies)."""
+    batch_size: int = 128
+    num_steps: int = 1000
+    lr: float = 1e-3
+    warmup_images: int = 10_000_000   # linear lr warm-up length, in images
+    ema_halflife_images: int = 500_000
+    ema_rampup: float = 0.05          # half-life = min(h, ema_rampup · images seen); 0 disables
+    grad_clip: float = 0.0            # global-norm clipping; 0 disables
+    augment_p: float = 0.0            # EDM's non-leaky augmentation probability; needs augment_dim=9
+    seed: int = 0
+    log_every: int = 100
+    ckpt_every: int = 1000
+    keep_ckpts: int = 3
+    sample_every: int = 0             # sample grid from fixed seeds every k steps; 0 disables
+    num_sample_seeds: int = 16
+
+    def __post_init__(self):
+        for name in ("batch_size", "num_steps", "log_every", "ckpt_every", "keep_ckpts"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or not 0 <= self.augment_p <= 1:
+            raise ValueError(f"need lr > 0 and 0 <= augment_p <= 1, got lr={self.lr}, augment_p={self.augment_p}")
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jnp.ndarray             # int32 scalar: optimiser steps taken
+    params: Any
+    ema_params: Any
+    opt_state: Any
+    bad_step: jnp.ndarray         # first step with a non-finite loss/gradient, −1 if none
+    bad_what: jnp.ndarray         # 1: loss, 2: gradient
+
+
+def make_optimizer(cfg: TrainConfig):
+    """Adam with a linear warm-up measured in images, optional global-norm clipping."""
+    warm_steps = max(cfg.warmup_images / cfg.batch_size, 1e-8)
+    schedule = lambda step: cfg.lr * jnp.minimum((step + 1) / warm_steps, 1.0)   # noqa: E731
+    parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []
+    return optax.chain(*parts, optax.adam(schedule))
+
+
+def ema_beta(step, cfg: TrainConfig):
+    """EMA decay per step from the half-life in images, with EDM's ramp-up."""
+    seen = (step + 1) * cfg.batch_size
+    halflife = cfg.ema_halflife_images
+    if cfg.ema_rampup > 0:
+        halflife = jnp.minimum(halflife, seen * cfg.ema_rampup)
+    return 0.5 ** (cfg.batch_size / jnp.maximum(halflife, 1e-8))
+
+
+def init_state(params, optimizer):
+    """Step 0: EMA = parameters (own copies, since the step donates its state)."""
+    copy = lambda t: jax.tree_util.tree_map(jnp.array, t)   # noqa: E731
+    return TrainState(jnp.int32(0), copy(params), copy(params), optimizer.init(params), jnp.int32(-1), jnp.int32(0))
+
+
+def make_train_step(apply_fn, precond: Precond, loss_cfg: LossConfig, cfg: TrainConfig, optimizer,
+                    conditional=False):
+    """step(state, images [B, ...], labels [B], positions [B]) → (state, metrics); jitted, donates state."""
+    base_key = jax.random.PRNGKey(cfg.seed)
+
+    def per_example(params, y, label, key):
+        k_loss, k_drop, k_aug = jax.random.split(key, 3)
+        aug = None
+        if cfg.augment_p > 0:
+            y, aug = augment_lib.augment(k_aug, y, cfg.augment_p)
+
+        def denoise(x, sigma):
+            return _denoise(apply_fn, precond, params, x, sigma, label[None] if conditional else None,
+                            True, {"dropout": k_drop}, None if aug is None else aug[None])
+        return example_loss(denoise, y, k_loss, loss_cfg)
+
+    def step(state, images, labels, positions):
+        key = jax.random.fold_in(base_key, state.step)
+        keys = jax.vmap(lambda p: jax.random.fold_in(key, p))(positions)
+
+        def loss_fn(params):
+            return jnp.mean(jax.vmap(per_example, in_axes=(None, 0, 0, 0))(params, images, labels, keys))
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        grad_norm = optax.tree.norm(grads)
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (state.bad_step < 0)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        beta = ema_beta(state.step, cfg)
+        ema = jax.tree_util.tree_map(lambda e, p: beta * e + (1 - beta) * p, state.ema_params, params)
+        keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+        first_bad = (state.bad_step < 0) & ~ok
+        new = TrainState(
+            step=jnp.where(ok, state.step + 1, state.step),
+            params=keep(params, state.params), ema_params=keep(ema, state.ema_params),
+            opt_state=keep(opt_state, state.opt_state),
+            bad_step=jnp.where(first_bad, state.step, state.bad_step),
+            bad_what=jnp.where(first_bad, jnp.where(jnp.isfinite(loss), 2, 1), state.bad_what))
+        return new, {"loss": loss, "grad_norm": grad_norm}
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def batch_positions(step, batch_size, n, seed):
+    """(data indices [B], stream positions [B]) of a step: epoch e uses permutation rng([seed, e])."""
+    pos = step * batch_size + np.arange(batch_size, dtype=np.int64)
+    idx = np.empty(batch_size, np.int64)
+    for e in np.unique(pos // n):
+        sel = pos // n == e
+        idx[sel] = np.random.default_rng([seed, int(e)]).permutation(n)[pos[sel] % n]
+    return idx, pos
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced a non-finite loss or gradient."""
+
+
+def train(workdir, images, labels, apply_fn, params, precond: Precond, loss_cfg: LossConfig,
+          cfg: TrainConfig, conditional=False, sample_fn=None, log=print, devices=None,
+          _kill_during_save: Optional[int] = None):
+    """Run (or resume) training in `workdir`; returns the final TrainState.
+
+    images [N, ...] in [−1, 1], labels [N] ints; checkpoints under workdir/checkpoints; metrics as
+    JSON lines in workdir/metrics.jsonl; sample_fn(ema_params, step) is called every sample_every steps.
+    """
+    n = len(images)
+    devices = jax.local_devices() if devices is None else devices
+    if cfg.batch_size % len(devices):
+        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {len(devices)} local devices")
+    mesh = Mesh(np.array(devices), ("data",))
+    repl, shard = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    optimizer = make_optimizer(cfg)
+    state = init_state(params, optimizer)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), cfg.keep_ckpts)
+    restored, at = ckpt.restore_latest(state)
+    if restored is not None:
+        state = restored
+        log(f"resumed from checkpoint at step {at}")
+    state = jax.device_put(state, repl)
+    step_fn = make_train_step(apply_fn, precond, loss_cfg, cfg, optimizer, conditional)
+    images, labels = np.asarray(images), np.asarray(labels, np.int32)
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    start = int(state.step)
+    t0, last_log, pending = time.time(), start, []
+    for step in range(start, cfg.num_steps):
+        idx, pos = batch_positions(step, cfg.batch_size, n, cfg.seed)
+        batch = jax.device_put((images[idx], labels[idx], pos.astype(np.int32)), shard)
+        state, m = step_fn(state, *batch)
+        pending.append(m)
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.num_steps:
+            _check_finite(state)
+            losses = [float(x["loss"]) for x in pending]
+            elapsed = time.time() - t0
+            rate = (done - last_log) / max(elapsed, 1e-9)
+            rec = {"step": done, "loss": float(np.mean(losses)), "grad_norm": float(pending[-1]["grad_norm"]),
+                   "steps_per_s": rate, "images_per_s": rate * cfg.batch_size}
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            eta = (cfg.num_steps - done) / max(rate, 1e-9)
+            log(f"step {done}/{cfg.num_steps}  loss {rec['loss']:.4f}  {rate:.1f} steps/s  "
+                f"{rec['images_per_s']:.0f} img/s  ETA {eta:.0f}s")
+            t0, last_log, pending = time.time(), done, []
+        if done % cfg.ckpt_every == 0 or done == cfg.num_steps:
+            _check_finite(state)
+            ckpt.save(done, state, wait=_kill_during_save != done)
+            if _kill_during_save == done:   # test hook: die while the async save is in flight
+                os.kill(os.getpid(), 9)
+        if sample_fn is not None and cfg.sample_every and done % cfg.sample_every == 0:
+            sample_fn(state.ema_params, done)
+    ckpt.wait()
+    return state
+
+
+def _check_finite(state):
+    bad = int(state.bad_step)
+    if bad >= 0:
+        what = {1: "loss", 2: "gradient"}[int(state.bad_what)]
+        raise NonFiniteError(f"non-finite {what} at step {bad}; training stopped, the last good "
+                             f"checkpoint is kept and parameters stay at step {int(state.step)}")

@@ -1,0 +1,145 @@
+import glob
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from jaxrepro.losses import LossConfig
+from jaxrepro.models import ModelApply, get_model, init_params
+from jaxrepro.precond import Precond
+from jaxrepro.train import NonFiniteError, TrainConfig, batch_positions, ema_beta, train
+
+SHAPE = (4, 4, 1)
+
+
+def setup(n=24, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(-1, 1, (n, *SHAPE)).astype(np.float32)
+    labels = np.zeros(n, np.int32)
+    model = get_model("mlp_tiny")
+    return images, labels, ModelApply(model), init_params(model, SHAPE, 0)
+
+
+def run(workdir, num_steps, images=None, _kill_during_save=None, log=lambda *_: None, **kw):
+    imgs, labels, apply_fn, params = setup()
+    imgs = imgs if images is None else images
+    cfg = TrainConfig(**{**dict(batch_size=8, num_steps=num_steps, lr=1e-2, warmup_images=40, log_every=2,
+                                ckpt_every=2, keep_ckpts=3, ema_halflife_images=16), **kw})
+    return train(str(workdir), imgs, labels, apply_fn, params, Precond("edm"), LossConfig("edm"), cfg,
+                 log=log, _kill_during_save=_kill_during_save)
+
+
+def leaves(state):
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves((state.params, state.ema_params, state.opt_state))]
+
+
+def assert_identical(a, b):
+    for x, y in zip(leaves(a), leaves(b)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_ema_half_life_with_ramp_up():
+    cfg = TrainConfig(batch_size=128, ema_halflife_images=500_000, ema_rampup=0.05)
+    for step in [0, 10, 1000, 100_000]:
+        seen = (step + 1) * 128
+        expected = 0.5 ** (128 / min(500_000, 0.05 * seen))
+        assert float(ema_beta(step, cfg)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_batches_are_a_pure_function_of_seed_and_step():
+    idx, pos = batch_positions(5, 8, 20, seed=3)
+    np.testing.assert_array_equal(pos, np.arange(40, 48))
+    perm2 = np.random.default_rng([3, 2]).permutation(20)
+    np.testing.assert_array_equal(idx, perm2[np.arange(40, 48) % 20])
+    seen = np.concatenate([batch_positions(s, 8, 20, 3)[0] for s in range(5)])   # 40 = 2 epochs
+    assert sorted(seen[:20]) == list(range(20)) and sorted(seen[20:40]) == list(range(20))
+
+
+def test_training_reduces_the_loss(tmp_path):
+    run(tmp_path, 1000, log_every=250, ckpt_every=1000, lr=2e-3)
+    recs = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in recs] == [250, 500, 750, 1000]
+    assert recs[-1]["loss"] < 0.9 * recs[0]["loss"] and recs[-1]["images_per_s"] > 0
+
+
+def test_resume_is_bit_identical(tmp_path):
+    full = run(tmp_path / "full", 6)
+    run(tmp_path / "split", 4)
+    resumed = run(tmp_path / "split", 6)
+    assert int(resumed.step) == 6
+    assert_identical(full, resumed)
+
+
+def test_kill_during_save_then_resume(tmp_path):
+    """SIGKILL while the step-4 save is in flight: the rerun resumes from step 2 and ends identical."""
+    script = textwrap.dedent(f"""
+        import sys; sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from test_train import run
+        run({str(tmp_path / 'killed')!r}, 6, _kill_during_save=4)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == -9, out.stderr[-2000:]
+    logs = []
+    resumed = run(tmp_path / "killed", 6, log=logs.append)
+    assert "resumed from checkpoint at step 2" in logs, logs
+    assert_identical(run(tmp_path / "full", 6), resumed)
+
+
+def test_corrupt_latest_checkpoint_falls_back_with_a_warning(tmp_path, capsys):
+    run(tmp_path / "c", 6)
+    for f in glob.glob(str(tmp_path / "c" / "checkpoints" / "6" / "**" / "*"), recursive=True):
+        if os.path.isfile(f) and "ocdbt" in f or "/d/" in f:
+            with open(f, "r+b") as fh:
+                fh.truncate(3)
+    resumed = run(tmp_path / "c", 8)
+    assert "does not restore" in capsys.readouterr().out
+    assert os.path.isdir(tmp_path / "c" / "checkpoints_corrupt" / "6")
+    assert_identical(run(tmp_path / "full", 8), resumed)
+
+
+def test_all_checkpoints_corrupt_is_an_error_not_a_fresh_start(tmp_path):
+    run(tmp_path / "c", 2, keep_ckpts=1)
+    for f in glob.glob(str(tmp_path / "c" / "checkpoints" / "2" / "**" / "*"), recursive=True):
+        if os.path.isfile(f):
+            open(f, "wb").close()
+    with pytest.raises(RuntimeError, match="refusing to start afresh"):
+        run(tmp_path / "c", 4)
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    images, *_ = setup()
+    images[5] = np.nan
+    first = next(s for s in range(100) if 5 in batch_positions(s, 8, 24, 0)[0])
+    with pytest.raises(NonFiniteError, match=f"non-finite loss at step {first}"):
+        run(tmp_path, 20, images=images, ckpt_every=1, log_every=1)
+    from jaxrepro.checkpoint import Checkpointer
+    steps = Checkpointer(str(tmp_path / "checkpoints")).steps()
+    assert max(steps) == first
+
+
+def test_data_parallel_matches_one_device():
+    """5 steps on 8 forced CPU devices equal the 1-device run for the same global batch."""
+    script = textwrap.dedent(f"""
+        import sys, tempfile; sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import jax, numpy as np
+        assert jax.device_count() == 8
+        from test_train import setup, leaves
+        from jaxrepro.losses import LossConfig
+        from jaxrepro.precond import Precond
+        from jaxrepro.train import TrainConfig, train
+        imgs, labels, apply_fn, params = setup()
+        cfg = TrainConfig(batch_size=16, num_steps=5, lr=1e-2, warmup_images=40, log_every=5, ckpt_every=5)
+        outs = [train(tempfile.mkdtemp(), imgs, labels, apply_fn, params, Precond("edm"), LossConfig("edm"),
+                      cfg, log=lambda *_: None, devices=d) for d in (jax.devices()[:1], jax.devices())]
+        for a, b in zip(leaves(outs[0]), leaves(outs[1])):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+        print("OK")
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
