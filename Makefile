@@ -2,22 +2,34 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
 
 .PHONY: test bench quickstart clean
 
-$(STAMP): setup.py
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+$(PY):
+	$(PYTHON) -m venv $(VENV)
 
-test: $(STAMP)
+# the package and its runtime dependencies
+$(VENV)/.installed: setup.py | $(PY)
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+# plus pytest and the CPU torch wheel (SSCD conversion tests)
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[test,sscd]'
+	touch $@
+
+test: $(VENV)/.installed-test
 	$(PY) -m pytest -q tests
 
-bench: $(STAMP)
+quickstart: $(VENV)/.installed
+	$(PY) -m jaxrepro.main --config=configs/quickstart.py --workdir=runs/quickstart_n32
+	$(PY) -m jaxrepro.main --config=configs/quickstart.py:n=1797 --workdir=runs/quickstart_n1797
+	$(PY) experiments/quickstart_report.py runs/quickstart_n32 runs/quickstart_n1797
+
+bench: $(VENV)/.installed-test
 	$(PY) benchmarks/oracle.py
-	$(PY) benchmarks/train.py
+	$(PY) benchmarks/train.py --steps 3
+	$(PY) benchmarks/descriptors.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

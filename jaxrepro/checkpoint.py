@@ -23,7 +23,7 @@ class Checkpointer:
 
     def _new_manager(self):
         opts = ocp.CheckpointManagerOptions(max_to_keep=self.max_to_keep, create=True)
-        return ocp.CheckpointManager(self.directory, options=opts)
+        return ocp.CheckpointManager(self.directory, options=opts, item_handlers=ocp.StandardCheckpointHandler())
 
     def steps(self):
         """Steps with a finished checkpoint, ascending."""

@@ -1,6 +1,6 @@
 """Learned vs optimal denoiser: same seeds, same solver and grid → scores, denoiser gap vs σ, figures.
 
-Writes to the workdir: compare.json, compare_grid.png (network | oracle | nearest training image),
+Writes to the workdir: compare.json, compare_samples.npz (both sample sets and their seeds), compare_grid.png (network | oracle | nearest training image),
 denoiser_gap.png and similarity_hist.png.
 """
 import json
@@ -88,6 +88,7 @@ def compare(net_fn, oracle_fn, train_images, workdir, seeds, sigmas, solver="heu
     with open(tmp, "w") as f:
         json.dump(result, f, indent=1)
     os.replace(tmp, os.path.join(workdir, "compare.json"))
+    np.savez(os.path.join(workdir, "compare_samples.npz"), network=x_net, oracle=x_orc, seeds=np.asarray(seeds))
     k = min(16, len(seeds))
     plots.image_rows([x_net[:k], x_orc[:k], np.asarray(train_images)[np.asarray(nn_net[:k])]],
                      os.path.join(workdir, "compare_grid.png"), ["network", "oracle", "nearest\ntrain"])

@@ -4,6 +4,7 @@ Coefficients from EDM Table 1 (PAPER.md §4), σ_data = 0.5. A denoiser is retur
 `jax.tree_util.Partial` holding the parameters, so samplers can pass it through jit.
 """
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,7 @@ class Precond:
         if self.kind not in KINDS:
             raise ValueError(f"unknown preconditioning {self.kind!r}; allowed: {', '.join(KINDS)}")
 
-    @property
+    @functools.cached_property
     def u(self):
         """iDDPM σ grid u_0 > … > u_M = 0 (float64 numpy)."""
         return iddpm_u(self.M, self.C1, self.C2)

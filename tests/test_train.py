@@ -143,3 +143,14 @@ def test_data_parallel_matches_one_device():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+
+
+def test_checkpoint_of_another_model_is_refused_and_left_alone(tmp_path):
+    run(tmp_path / "c", 2)
+    from jaxrepro.checkpoint import Checkpointer
+    from jaxrepro.train import init_state, make_optimizer
+    other = get_model("mlp_tiny", width=32)
+    like = init_state(init_params(other, SHAPE, 0), make_optimizer(TrainConfig()))
+    with pytest.raises(ValueError, match="different model"):
+        Checkpointer(str(tmp_path / "c" / "checkpoints")).restore_latest(like)
+    assert Checkpointer(str(tmp_path / "c" / "checkpoints")).steps() == [2]

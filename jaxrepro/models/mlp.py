@@ -13,12 +13,13 @@ class MLP(nn.Module):
     num_classes: int = 0
     label_dropout: float = 0.0
     dropout: float = 0.0
+    noise_scale: float = 1.0      # c_noise is multiplied by this before the positional embedding
 
     @nn.compact
     def __call__(self, x, c_noise, labels=None, train=False):
         b = x.shape[0]
         labels = check_labels(labels, b, self.num_classes)
-        emb = positional_embedding(c_noise, self.emb_dim)
+        emb = positional_embedding(c_noise * self.noise_scale, self.emb_dim)
         if self.num_classes:
             labels = drop_labels(self, labels, self.label_dropout, self.num_classes, train)
             emb = emb + nn.Embed(self.num_classes + 1, self.emb_dim, name="label_emb")(labels)
