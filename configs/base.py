@@ -20,6 +20,7 @@ def get_config(arg=None):
         sample_every=0, num_sample_seeds=16))
     c.sample = ml_collections.ConfigDict(dict(solver="heun", num_steps=18, sigma_min=0.002, sigma_max=80.0,
                                               rho=7.0, num_seeds=256, first_seed=0))
-    c.compare = ml_collections.ConfigDict(dict(descriptor="pixel_cosine", fpr=0.01, gap_images=256))
+    c.compare = ml_collections.ConfigDict(dict(descriptor="pixel_cosine", sscd_checkpoint="", fpr=0.01,
+                                               gap_images=256))
     c.generate = ml_collections.ConfigDict(dict(num_images=1024, first_seed=0))
     return c

@@ -20,4 +20,7 @@ def get_config(arg=None):
     c.loss.P_mean, c.loss.P_std = 0.0, 1.0
     c.train.update(batch_size=128, num_steps=16_000, lr=1e-3, warmup_images=128 * 200,
                    ema_halflife_images=128 * 800, log_every=2000, ckpt_every=8000)
+    # with 32 training images ≈ 3.5 % of different-seed pairs land on the same image, so the
+    # "same image" threshold is calibrated at 5 % false positives rather than 1 %
+    c.compare.fpr = 0.05
     return c

@@ -58,13 +58,19 @@ def compare(net_fn, oracle_fn, train_images, workdir, seeds, sigmas, solver="heu
     if not (np.all(np.isfinite(x_net)) and np.all(np.isfinite(x_orc))):
         raise FloatingPointError("non-finite samples: the network or the oracle diverged")
 
-    desc = get_descriptor(descriptor)
+    desc = get_descriptor(descriptor) if isinstance(descriptor, str) else descriptor
     f_net, f_orc = desc.embed(x_net), desc.embed(x_orc)
     pair = np.asarray(metrics.pair_scores(f_net, f_orc, seeds, seeds, desc))
     unrelated = np.asarray(desc.pair_similarity(f_net, jnp.roll(f_orc, -1, axis=0)))   # different seeds
     cal = metrics.calibrate_threshold(unrelated, fpr=fpr) if len(seeds) >= 1 / fpr else None
     threshold = cal["threshold"] if cal else float(np.quantile(unrelated, 1.0))
     same = metrics.same_nearest_rate(x_net, x_orc, train_images)
+    # different seeds that land on one training image: ≈ 1/N in the memorization regime; a calibration
+    # fpr below this rate puts the threshold among identical images
+    collide = metrics.same_nearest_rate(x_net, np.roll(x_orc, -1, axis=0), train_images)
+    if cal and fpr < collide:
+        log(f"compare: note: {collide:.3f} of different-seed pairs share their nearest training image, "
+            f"more than fpr={fpr}; RP at this threshold undercounts (raise compare.fpr)")
     ratio_net, nn_net = metrics.gu_ratio(x_net, train_images)
     ratio_orc, _ = metrics.gu_ratio(x_orc, train_images)
     log("compare: denoiser gap over the σ grid")
@@ -72,8 +78,8 @@ def compare(net_fn, oracle_fn, train_images, workdir, seeds, sigmas, solver="heu
     result = {
         "num_seeds": int(len(seeds)), "first_seed": int(np.min(seeds)), "solver": solver,
         "sigmas": [float(s) for s in sigmas], "num_train": int(len(train_images)),
-        "same_image_rate": same,
-        "rp": float(np.mean(pair > threshold)), "rp_threshold": threshold, "descriptor": descriptor,
+        "same_image_rate": same, "unrelated_same_image_rate": collide,
+        "rp": float(np.mean(pair > threshold)), "rp_threshold": threshold, "descriptor": desc.name,
         "rp_threshold_calibration": cal,
         "similarity_same_seed": {"mean": float(pair.mean()), "quantiles_5_50_95": np.quantile(pair, [.05, .5, .95]).tolist()},
         "gl_network": float(np.mean(np.asarray(ratio_net) >= metrics.GU_RATIO)),
@@ -95,7 +101,7 @@ def compare(net_fn, oracle_fn, train_images, workdir, seeds, sigmas, solver="heu
     plots.line_plot(list(gaps), {"E‖D_θ − D*‖²": list(gaps.values())}, os.path.join(workdir, "denoiser_gap.png"),
                     "σ", "denoiser gap", f"N = {len(train_images)}, {len(seeds)} seeds")
     plots.histogram({"same seed": pair, "different seeds": unrelated}, os.path.join(workdir, "similarity_hist.png"),
-                    threshold, f"{descriptor} similarity", "network vs oracle samples")
+                    threshold, f"{desc.name} similarity", "network vs oracle samples")
     log(f"compare: same-image rate {same:.3f}  RP {result['rp']:.3f} (threshold {threshold:.3f})  "
         f"GL network {result['gl_network']:.3f}  GL oracle {result['gl_oracle']:.3f}  ({result['seconds']} s)")
     return result

@@ -3,7 +3,7 @@
 Modes: train | sample | compare | generate | info | all (train, then compare). Dispatch only; the
 work lives in jaxrepro.run.
 """
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxrepro import run
@@ -17,6 +17,8 @@ _MODE = flags.DEFINE_enum("mode", "all", MODES, "what to run")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:   # keep orbax's INFO lines out of the progress output
+        logging.set_verbosity(logging.WARNING)
     config, mode = _CONFIG.value, _MODE.value
     if config is None:
         raise app.UsageError("--config is required, e.g. --config=configs/quickstart.py")

@@ -13,6 +13,7 @@ from jaxrepro import compare as compare_lib
 from jaxrepro import data as data_lib
 from jaxrepro import plots
 from jaxrepro.checkpoint import Checkpointer
+from jaxrepro.descriptors import get_descriptor
 from jaxrepro.kernels import edm_sigmas
 from jaxrepro.losses import LossConfig
 from jaxrepro.models import ModelApply, forward_flops, get_model, init_params, param_count
@@ -64,6 +65,10 @@ class Job:
         self.precond = Precond(c.precond)
         self.loss_cfg = LossConfig(**c.loss)
         self.train_cfg = TrainConfig(**c.train, seed=c.seed)
+        if c.compare.descriptor == "sscd":     # fail now, not after training, if the checkpoint is missing
+            get_descriptor("sscd", checkpoint=c.compare.sscd_checkpoint)
+        elif c.compare.descriptor not in ("pixel_cosine", "pixel_l2"):
+            get_descriptor(c.compare.descriptor)
         if c.sample.solver not in SOLVERS:
             raise ValueError(f"unknown solver {c.sample.solver!r}; allowed: {', '.join(SOLVERS)}")
         self.sigmas = edm_sigmas(c.sample.num_steps, c.sample.sigma_min, c.sample.sigma_max, c.sample.rho)
@@ -150,9 +155,11 @@ class Job:
     def compare(self):
         c = self.config
         seeds = self._seeds("sample")
+        kw = {"checkpoint": c.compare.sscd_checkpoint} if c.compare.descriptor == "sscd" else {}
         return compare_lib.compare(self._net(self.ema_params(), seeds), self._oracle(seeds), self.images,
-                                   self.workdir, seeds, self.sigmas, c.sample.solver, c.compare.descriptor,
-                                   c.compare.fpr, c.compare.gap_images, self.log)
+                                   self.workdir, seeds, self.sigmas, c.sample.solver,
+                                   get_descriptor(c.compare.descriptor, **kw), c.compare.fpr, c.compare.gap_images,
+                                   self.log)
 
     def generate(self):
         """Teacher data (as the authors' released code does): images from fixed seeds, saved as a data set."""

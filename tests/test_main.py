@@ -47,11 +47,23 @@ def test_quickstart_config_end_to_end(tmp_path):
     ("--config.sample.solver=rk45", "unknown solver 'rk45'"),
     ("--config.precond=ddpm", "unknown preconditioning 'ddpm'"),
     ("--config.data.name=mnist", "unknown data set 'mnist'"),
+    ("--config.compare.descriptor=sscd", "no converted SSCD checkpoint"),
 ])
 def test_bad_config_is_refused_before_compute(tmp_path, flag, message):
     out = main("--config=configs/quickstart.py", f"--workdir={tmp_path / 'w'}", flag, timeout=300)
     assert out.returncode != 0 and message in out.stderr, out.stderr[-2000:]
     assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
+def test_image_shape_the_model_cannot_take(tmp_path):
+    sys.path.insert(0, ROOT)
+    from configs import quickstart
+    from jaxrepro.run import Job
+    c = quickstart.get_config()
+    c.model = dict(name="uvit_tiny", patch_size=3)
+    with pytest.raises(ValueError, match=r"cannot take images of shape \(8, 8, 1\)"):
+        Job(c, str(tmp_path / "w"), writes=True)
+    assert not os.path.exists(tmp_path / "w")
 
 
 def test_compare_without_training_says_so(tmp_path):
