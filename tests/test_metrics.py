@@ -92,5 +92,7 @@ def test_threshold_calibration(rng):
 
 
 def test_unknown_descriptor():
-    with pytest.raises(ValueError, match="allowed: pixel_cosine, pixel_l2"):
+    with pytest.raises(ValueError, match="allowed: pixel_cosine, pixel_l2, sscd"):
+        get_descriptor("dino")
+    with pytest.raises(ValueError, match="needs checkpoint"):
         get_descriptor("sscd")
