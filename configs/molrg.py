@@ -15,4 +15,5 @@ def get_config(arg=None):
     c.model = dict(name="mlp", width=256, depth=4, emb_dim=64)
     c.train.update(num_steps=4000, log_every=1000, ckpt_every=2000)
     c.compare.gap_images = 64
+    c.compare.fpr = 0.05          # ≈ 1/N of different-seed pairs share a training image
     return c

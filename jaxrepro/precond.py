@@ -69,7 +69,8 @@ class Precond:
                 1 / jnp.sqrt(sigma ** 2 + sd ** 2), jnp.log(sigma) / 4)
 
 
-def _denoise(apply_fn, precond, params, x, sigma, labels=None, train=False, rngs=None, augment_labels=None):
+def apply_denoiser(apply_fn, precond, params, x, sigma, labels=None, train=False, rngs=None,
+                   augment_labels=None):
     """D(x; σ) = c_skip x + c_out F(c_in x, c_noise); x [B, ...], sigma scalar or [B]."""
     sigma = precond.round_sigma(jnp.broadcast_to(jnp.asarray(sigma, x.dtype), (x.shape[0],)))
     c_skip, c_out, c_in, c_noise = precond.coefficients(sigma)
@@ -90,7 +91,7 @@ class _BoundDenoise:
     precond: Precond
 
     def __call__(self, params, x, sigma, labels=None, train=False, rngs=None, augment_labels=None):
-        return _denoise(self.apply_fn, self.precond, params, x, sigma, labels, train, rngs, augment_labels)
+        return apply_denoiser(self.apply_fn, self.precond, params, x, sigma, labels, train, rngs, augment_labels)
 
 
 def make_denoiser(apply_fn, params, kind="edm", **precond_kw):

@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxrepro import augment as augment_lib
 from jaxrepro.checkpoint import Checkpointer
 from jaxrepro.losses import LossConfig, example_loss
-from jaxrepro.precond import Precond, _denoise
+from jaxrepro.precond import Precond, apply_denoiser
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +95,7 @@ def make_train_step(apply_fn, precond: Precond, loss_cfg: LossConfig, cfg: Train
             y, aug = augment_lib.augment(k_aug, y, cfg.augment_p)
 
         def denoise(x, sigma):
-            return _denoise(apply_fn, precond, params, x, sigma, label[None] if conditional else None,
+            return apply_denoiser(apply_fn, precond, params, x, sigma, label[None] if conditional else None,
                             True, {"dropout": k_drop}, None if aug is None else aug[None])
         return example_loss(denoise, y, k_loss, loss_cfg)
 
