@@ -64,15 +64,16 @@ def compare(net_fn, oracle_fn, train_images, workdir, seeds, sigmas, solver="heu
     unrelated = np.asarray(desc.pair_similarity(f_net, jnp.roll(f_orc, -1, axis=0)))   # different seeds
     cal = metrics.calibrate_threshold(unrelated, fpr=fpr) if len(seeds) >= 1 / fpr else None
     threshold = cal["threshold"] if cal else float(np.quantile(unrelated, 1.0))
-    same = metrics.same_nearest_rate(x_net, x_orc, train_images)
+    ratio_net, nn_net = metrics.gu_ratio(x_net, train_images)       # one nearest-neighbour pass per set
+    ratio_orc, nn_orc = metrics.gu_ratio(x_orc, train_images)
+    nn_net, nn_orc = np.asarray(nn_net), np.asarray(nn_orc)
+    same = float(np.mean(nn_net == nn_orc))
     # different seeds that land on one training image: ≈ 1/N in the memorization regime; a calibration
     # fpr below this rate puts the threshold among identical images
-    collide = metrics.same_nearest_rate(x_net, np.roll(x_orc, -1, axis=0), train_images)
+    collide = float(np.mean(nn_net == np.roll(nn_orc, -1)))
     if cal and fpr < collide:
         log(f"compare: note: {collide:.3f} of different-seed pairs share their nearest training image, "
             f"more than fpr={fpr}; RP at this threshold undercounts (raise compare.fpr)")
-    ratio_net, nn_net = metrics.gu_ratio(x_net, train_images)
-    ratio_orc, _ = metrics.gu_ratio(x_orc, train_images)
     log("compare: denoiser gap over the σ grid")
     gaps = denoiser_gap(net_fn, oracle_fn, train_images, sigmas, gap_images)
     result = {
@@ -96,7 +97,7 @@ def compare(net_fn, oracle_fn, train_images, workdir, seeds, sigmas, solver="heu
     os.replace(tmp, os.path.join(workdir, "compare.json"))
     np.savez(os.path.join(workdir, "compare_samples.npz"), network=x_net, oracle=x_orc, seeds=np.asarray(seeds))
     k = min(16, len(seeds))
-    plots.image_rows([x_net[:k], x_orc[:k], np.asarray(train_images)[np.asarray(nn_net[:k])]],
+    plots.image_rows([x_net[:k], x_orc[:k], np.asarray(train_images)[nn_net[:k]]],
                      os.path.join(workdir, "compare_grid.png"), ["network", "oracle", "nearest\ntrain"])
     plots.line_plot(list(gaps), {"E‖D_θ − D*‖²": list(gaps.values())}, os.path.join(workdir, "denoiser_gap.png"),
                     "σ", "denoiser gap", f"N = {len(train_images)}, {len(seeds)} seeds")
