@@ -112,6 +112,7 @@ def save_variables(out_dir, arch_name, variables):
 
 def load_variables(ckpt_dir):
     """(arch, variables) from a directory written by the converter."""
+    ckpt_dir = os.path.expanduser(ckpt_dir)
     meta_path, npz_path = os.path.join(ckpt_dir, "meta.json"), os.path.join(ckpt_dir, "sscd.npz")
     if not (os.path.exists(meta_path) and os.path.exists(npz_path)):
         raise FileNotFoundError(
