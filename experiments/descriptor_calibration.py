@@ -47,7 +47,7 @@ def main():
         desc = get_descriptor(name, checkpoint=args.sscd) if name == "sscd" else get_descriptor(name)
         fa, fb = desc.embed(x_net), desc.embed(x_orc)
         pair = np.asarray(metrics.pair_scores(fa, fb, seeds, seeds, desc))
-        unrelated = np.asarray(desc.pair_similarity(fa, np.roll(np.asarray(fb), -1, axis=0)))
+        unrelated = np.asarray(metrics.unrelated_pairs(fa, desc, other=fb))
         cal = metrics.calibrate_threshold(unrelated, fpr=args.fpr)
         rec = {"auc": auc(pair, truth), "fpr": args.fpr, "threshold": cal["threshold"],
                "agreement_at_calibrated": float(np.mean((pair > cal["threshold"]) == truth)),

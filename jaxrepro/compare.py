@@ -61,7 +61,7 @@ def compare(net_fn, oracle_fn, train_images, workdir, seeds, sigmas, solver="heu
     desc = get_descriptor(descriptor) if isinstance(descriptor, str) else descriptor
     f_net, f_orc = desc.embed(x_net), desc.embed(x_orc)
     pair = np.asarray(metrics.pair_scores(f_net, f_orc, seeds, seeds, desc))
-    unrelated = np.asarray(desc.pair_similarity(f_net, jnp.roll(f_orc, -1, axis=0)))   # different seeds
+    unrelated = np.asarray(metrics.unrelated_pairs(f_net, desc, other=f_orc))        # different seeds
     cal = metrics.calibrate_threshold(unrelated, fpr=fpr) if len(seeds) >= 1 / fpr else None
     threshold = cal["threshold"] if cal else float(np.quantile(unrelated, 1.0))
     ratio_net, nn_net = metrics.gu_ratio(x_net, train_images)       # one nearest-neighbour pass per set

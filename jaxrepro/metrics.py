@@ -146,7 +146,8 @@ def calibrate_threshold(unrelated_scores, fpr=0.01, bins=50):
             "n_pairs": int(scores.size), "hist_counts": counts.tolist(), "hist_edges": edges.tolist()}
 
 
-def unrelated_pairs(feats, descriptor, shift=1):
-    """Scores of pairs with different seeds: sample i against sample i + shift (cyclic)."""
+def unrelated_pairs(feats, descriptor, shift=1, other=None):
+    """Scores of pairs with different seeds: sample i against sample i + shift (cyclic) of `other` (default feats)."""
     feats = jnp.asarray(feats)
-    return descriptor.pair_similarity(feats, jnp.roll(feats, -shift, axis=0))
+    other = feats if other is None else jnp.asarray(other)
+    return descriptor.pair_similarity(feats, jnp.roll(other, -shift, axis=0))

@@ -5,7 +5,9 @@ The ODE (EDM eq. 4, PAPER.md §4) for x = s(t)·x̂:
     dx/dt = (σ̇/σ + ṡ/s) x − (σ̇ s/σ) D(x/s; σ(t)).
 The grid is given in σ; t_i = σ⁻¹(σ_i). Results are returned in EDM space x̂ = x / s.
 """
+import dataclasses
 import functools
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -100,39 +102,37 @@ def _run(denoise_fn, x, sig, solver, schedule, scaling, eps_s, churn, churn_seed
         t = t[::-1].copy()
     dtype = dtype or jnp.asarray(x).dtype
     x = jnp.asarray(x, dtype)
-    cfg = dict(sched=sched, scal=scal, solver=solver, invert=invert, ends_at_zero=sig[-1] == 0,
-               churn=None if churn is None else tuple(sorted(churn.items())))
+    settings = _Settings(sched.name, sched.params, scal.name, solver, invert, bool(sig[-1] == 0),
+                         None if churn is None else tuple(sorted(churn.items())))
     seeds = None if churn_seeds is None else jnp.asarray(churn_seeds, jnp.uint32)
-    return _integrate(_wrap(denoise_fn), x, jnp.asarray(t, dtype), seeds, _Static(cfg))
+    return _integrate(_wrap(denoise_fn), x, jnp.asarray(t, dtype), seeds, settings)
 
 
-class _Static:
-    """Hashable holder of non-array sampler settings (compared by value)."""
-
-    def __init__(self, cfg):
-        self.cfg = cfg
-        self._key = (cfg["sched"].name, cfg["sched"].params, cfg["scal"].name, cfg["solver"],
-                     cfg["invert"], bool(cfg["ends_at_zero"]), cfg["churn"])
-
-    def __hash__(self):
-        return hash(self._key)
-
-    def __eq__(self, other):
-        return isinstance(other, _Static) and self._key == other._key
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    """Non-array sampler settings: the static (hashable) argument of the jitted integrator."""
+    schedule: str
+    schedule_params: tuple
+    scaling: str
+    solver: str
+    invert: bool
+    ends_at_zero: bool
+    churn: Optional[tuple]
 
 
 @functools.partial(jax.jit, static_argnums=(4,))
-def _integrate(denoise_fn, x, t, seeds, static):
-    cfg = static.cfg
-    sched, scal, solver, invert = cfg["sched"], cfg["scal"], cfg["solver"], cfg["invert"]
+def _integrate(denoise_fn, x, t, seeds, cfg: _Settings):
+    sched = make_schedule(cfg.schedule, *cfg.schedule_params)
+    scal = make_scaling(cfg.scaling, sched)
+    solver, invert = cfg.solver, cfg.invert
     sigma, sigma_d, s, s_d = sched.sigma, sched.sigma_deriv, scal.s, scal.s_deriv
     batch = (x.shape[0],)
 
     def denoise(x_hat, tt):                                          # D(x/s; σ(t)) in x units
         return denoise_fn(x_hat / s(tt), jnp.broadcast_to(sigma(tt), batch)).astype(x.dtype)
 
-    def slope(x_cur, tt, d=None):                                    # dx/dt (EDM eq. 4)
-        d = denoise(x_cur, tt) if d is None else d
+    def slope(x_cur, tt):                                            # dx/dt (EDM eq. 4)
+        d = denoise(x_cur, tt)
         return (sigma_d(tt) / sigma(tt) + s_d(tt) / s(tt)) * x_cur - sigma_d(tt) * s(tt) / sigma(tt) * d
 
     n = t.shape[0] - 1
@@ -145,8 +145,8 @@ def _integrate(denoise_fn, x, t, seeds, static):
 
     def step(x_cur, i, order2):
         t_cur, t_next = t[i], t[i + 1]
-        if cfg["churn"] is not None:
-            x_cur, t_cur = _churn(x_cur, t_cur, i, n, seeds, dict(cfg["churn"]), sched, scal)
+        if cfg.churn is not None:
+            x_cur, t_cur = _churn(x_cur, t_cur, i, n, seeds, dict(cfg.churn), sched, scal)
         h = t_next - t_cur
         d_cur = slope(x_cur, t_cur)
         x_next = x_cur + h * d_cur                                    # Euler
@@ -155,7 +155,7 @@ def _integrate(denoise_fn, x, t, seeds, static):
         return x_next
 
     heun = solver == "heun"
-    last_plain = bool(cfg["ends_at_zero"])                           # the step to σ = 0 is Euler
+    last_plain = cfg.ends_at_zero                                    # the step to σ = 0 is Euler
     x = lax.fori_loop(0, n - 1 if last_plain else n, lambda i, xc: step(xc, i, heun), x)
     if last_plain:
         x = step(x, n - 1, False)
