@@ -7,6 +7,7 @@ devices, and a resumed run continues bit-identically.
 """
 import dataclasses
 import json
+import math
 import os
 import time
 from typing import Any, Optional
@@ -19,9 +20,10 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxrepro import augment as augment_lib
-from jaxrepro.checkpoint import Checkpointer
+from jaxrepro.checkpoint import Checkpointer, set_aside
 from jaxrepro.losses import LossConfig, example_loss
 from jaxrepro.precond import Precond, apply_denoiser
+from jaxrepro.workdir import WorkdirLock, trim_records
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,9 +47,15 @@ class TrainConfig:
     def __post_init__(self):
         for name in ("batch_size", "num_steps", "log_every", "ckpt_every", "keep_ckpts"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0 or not 0 <= self.augment_p <= 1:
-            raise ValueError(f"need lr > 0 and 0 <= augment_p <= 1, got lr={self.lr}, augment_p={self.augment_p}")
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"train.lr must be a finite number > 0, got {self.lr}")
+        for name in ("warmup_images", "ema_halflife_images", "ema_rampup", "grad_clip", "sample_every"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"train.{name} must be a finite number >= 0, got {value}")
+        if not 0 <= self.augment_p <= 1:
+            raise ValueError(f"train.augment_p must be in [0, 1], got {self.augment_p}")
 
 
 @flax.struct.dataclass
@@ -141,12 +149,13 @@ class NonFiniteError(RuntimeError):
 
 
 def train(workdir, images, labels, apply_fn, params, precond: Precond, loss_cfg: LossConfig,
-          cfg: TrainConfig, conditional=False, sample_fn=None, log=print, devices=None,
+          cfg: TrainConfig, conditional=False, sample_fn=None, log=print, devices=None, fresh_start=False,
           _kill_during_save: Optional[int] = None):
     """Run (or resume) training in `workdir`; returns the final TrainState.
 
     images [N, ...] in [−1, 1], labels [N] ints; checkpoints under workdir/checkpoints; metrics as
     JSON lines in workdir/metrics.jsonl; sample_fn(ema_params, step) is called every sample_every steps.
+    One writer per workdir (a lock); a workdir whose run cannot be resumed is refused unless fresh_start.
     """
     n = len(images)
     devices = jax.local_devices() if devices is None else devices
@@ -155,45 +164,56 @@ def train(workdir, images, labels, apply_fn, params, precond: Precond, loss_cfg:
     mesh = Mesh(np.array(devices), ("data",))
     repl, shard = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     optimizer = make_optimizer(cfg)
-    state = init_state(params, optimizer)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), cfg.keep_ckpts)
-    restored, at = ckpt.restore_latest(state)
-    if restored is not None:
-        state = restored
-        log(f"resumed from checkpoint at step {at}")
-    state = jax.device_put(state, repl)
     step_fn = make_train_step(apply_fn, precond, loss_cfg, cfg, optimizer, conditional)
     images, labels = np.asarray(images), np.asarray(labels, np.int32)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
-    start = int(state.step)
-    t0, last_log, pending = time.time(), start, []
-    for step in range(start, cfg.num_steps):
-        idx, pos = batch_positions(step, cfg.batch_size, n, cfg.seed)
-        batch = jax.device_put((images[idx], labels[idx], pos.astype(np.int32)), shard)
-        state, m = step_fn(state, *batch)
-        pending.append(m)
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.num_steps:
-            _check_finite(state)
-            losses = [float(x["loss"]) for x in pending]
-            elapsed = time.time() - t0
-            rate = (done - last_log) / max(elapsed, 1e-9)
-            rec = {"step": done, "loss": float(np.mean(losses)), "grad_norm": float(pending[-1]["grad_norm"]),
-                   "steps_per_s": rate, "images_per_s": rate * cfg.batch_size}
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-            eta = (cfg.num_steps - done) / max(rate, 1e-9)
-            log(f"step {done}/{cfg.num_steps}  loss {rec['loss']:.4f}  {rate:.1f} steps/s  "
-                f"{rec['images_per_s']:.0f} img/s  ETA {eta:.0f}s")
-            t0, last_log, pending = time.time(), done, []
-        if done % cfg.ckpt_every == 0 or done == cfg.num_steps:
-            _check_finite(state)
-            ckpt.save(done, state, wait=_kill_during_save != done)
-            if _kill_during_save == done:   # test hook: die while the async save is in flight
-                os.kill(os.getpid(), 9)
-        if sample_fn is not None and cfg.sample_every and done % cfg.sample_every == 0:
-            sample_fn(state.ema_params, done)
-    ckpt.wait()
+    with WorkdirLock(workdir), Checkpointer(os.path.join(workdir, "checkpoints"), cfg.keep_ckpts) as ckpt:
+        state = jax.device_put(_resume(ckpt, init_state(params, optimizer), metrics_path, fresh_start, log), repl)
+        start = int(state.step)
+        if start >= cfg.num_steps:
+            log(f"the newest checkpoint (step {start}) is already at or past num_steps={cfg.num_steps}; "
+                f"nothing to train (raise train.num_steps to continue)")
+        t0, last_log, pending = time.time(), start, []
+        for step in range(start, cfg.num_steps):
+            idx, pos = batch_positions(step, cfg.batch_size, n, cfg.seed)
+            batch = jax.device_put((images[idx], labels[idx], pos.astype(np.int32)), shard)
+            state, m = step_fn(state, *batch)
+            pending.append(m)
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.num_steps:
+                _check_finite(state)
+                losses = [float(x["loss"]) for x in pending]
+                elapsed = time.time() - t0
+                rate = (done - last_log) / max(elapsed, 1e-9)
+                rec = {"step": done, "loss": float(np.mean(losses)), "grad_norm": float(pending[-1]["grad_norm"]),
+                       "steps_per_s": rate, "images_per_s": rate * cfg.batch_size}
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                eta = (cfg.num_steps - done) / max(rate, 1e-9)
+                log(f"step {done}/{cfg.num_steps}  loss {rec['loss']:.4f}  {rate:.1f} steps/s  "
+                    f"{rec['images_per_s']:.0f} img/s  ETA {eta:.0f}s")
+                t0, last_log, pending = time.time(), done, []
+            if done % cfg.ckpt_every == 0 or done == cfg.num_steps:
+                _check_finite(state)
+                ckpt.save(done, state, wait=_kill_during_save != done)
+                if _kill_during_save == done:   # test hook: die while the async save is in flight
+                    os.kill(os.getpid(), 9)
+            if sample_fn is not None and cfg.sample_every and done % cfg.sample_every == 0:
+                sample_fn(state.ema_params, done)
+        ckpt.wait()
+    return state
+
+
+def _resume(ckpt, state, metrics_path, fresh_start, log):
+    """The newest good checkpoint's state (records past it dropped), or `state` for a new run."""
+    restored, at = ckpt.restore_latest(state, allow_fresh=fresh_start)
+    if restored is not None:
+        dropped = trim_records(metrics_path, at)
+        log(f"resumed from checkpoint at step {at}" + (f" ({dropped} records past it dropped)" if dropped else ""))
+        return restored
+    for path in (metrics_path, ckpt.record_path):     # a fresh start keeps the earlier run's records, renamed
+        if os.path.exists(path):
+            log(f"fresh start: kept the earlier {os.path.basename(path)} as {set_aside(path)}")
     return state
 
 
