@@ -159,6 +159,20 @@ def iddpm_discretization(num_steps, sigma_min=0.002, sigma_max=81.0, M=1000, C1=
     return np.append(u_f[idx], 0.0)
 
 
+def sampling_range(discretization, sigma_min=None, sigma_max=None, net_range=(0.0, math.inf)):
+    """(σ_min, σ_max) of EDM's ablation sampler: the discretisation's defaults where not given,
+    clamped to the range the network was trained for (net_range, e.g. Precond.sigma_range)."""
+    defaults = {"edm": (0.002, 80.0), "vp": (float(vp_sigma(VP_EPS_S)), float(vp_sigma(1.0))),
+                "ve": (0.02, 100.0), "iddpm": (0.002, 81.0)}
+    if discretization not in defaults:
+        raise ValueError(f"unknown discretization {discretization!r}; allowed: {', '.join(DISCRETIZATIONS)}")
+    lo, hi = defaults[discretization]
+    lo = max(lo if sigma_min is None else sigma_min, net_range[0])
+    hi = min(hi if sigma_max is None else sigma_max, net_range[1])
+    _check_range(lo, hi)
+    return lo, hi
+
+
 def sigma_grid(name, num_steps, **kwargs):
     """σ grid by discretisation name (edm, vp, ve, iddpm) with a trailing 0."""
     fns = {"edm": edm_sigmas, "vp": vp_discretization, "ve": ve_discretization,

@@ -44,18 +44,19 @@ class Precond:
         return 0.0, float("inf")
 
     def round_sigma(self, sigma):
-        """σ as the network sees it: the nearest u_j for iDDPM, unchanged otherwise."""
+        """σ on the network's grid (EDM's round_sigma): the nearest u_j, j = 0..M, for iDDPM; else σ."""
         if self.kind != "iddpm":
             return sigma
-        u = jnp.asarray(self.u[:-1], jnp.asarray(sigma).dtype)           # [M]
+        u = jnp.asarray(self.u, jnp.asarray(sigma).dtype)                # [M + 1], u_M = 0 included
         return u[self._index(sigma)]
 
     def _index(self, sigma):
-        u = jnp.asarray(self.u[:-1], jnp.asarray(sigma).dtype)
+        """argmin_j |σ − u_j| over j = 0..M (EDM searches u including u_M = 0)."""
+        u = jnp.asarray(self.u, jnp.asarray(sigma).dtype)
         return jnp.argmin(jnp.abs(jnp.asarray(sigma)[..., None] - u), axis=-1)
 
     def coefficients(self, sigma):
-        """(c_skip, c_out, c_in, c_noise) at σ (any shape)."""
+        """(c_skip, c_out, c_in, c_noise) at σ (any shape); iDDPM rounds σ for c_noise only (as EDM)."""
         sigma = jnp.asarray(sigma)
         one = jnp.ones_like(sigma)
         if self.kind == "vp":
@@ -72,7 +73,7 @@ class Precond:
 def apply_denoiser(apply_fn, precond, params, x, sigma, labels=None, train=False, rngs=None,
                    augment_labels=None):
     """D(x; σ) = c_skip x + c_out F(c_in x, c_noise); x [B, ...], sigma scalar or [B]."""
-    sigma = precond.round_sigma(jnp.broadcast_to(jnp.asarray(sigma, x.dtype), (x.shape[0],)))
+    sigma = jnp.broadcast_to(jnp.asarray(sigma, x.dtype), (x.shape[0],))
     c_skip, c_out, c_in, c_noise = precond.coefficients(sigma)
     bshape = (-1,) + (1,) * (x.ndim - 1)
     kwargs = {} if rngs is None else {"rngs": rngs}

@@ -42,11 +42,12 @@ def check_sigmas(sigmas, allow_zero_end=True):
     return sig
 
 
-def _ode_parts(schedule, scaling, sigmas, eps_s):
-    """Schedule and scaling objects; a vp schedule is re-fit to the grid's range (EDM)."""
+def _ode_parts(schedule, scaling, sigmas, eps_s, sigma_range):
+    """Schedule and scaling objects; a vp schedule is re-fit to sigma_range (EDM), default the grid's."""
     if schedule == "vp":
         pos = sigmas[sigmas > 0]
-        beta_d, beta_min = vp_betas_for_range(float(pos.min()), float(pos.max()), eps_s)
+        lo, hi = (float(pos.min()), float(pos.max())) if sigma_range is None else sigma_range
+        beta_d, beta_min = vp_betas_for_range(lo, hi, eps_s)
         sched = make_schedule("vp", beta_d, beta_min)
     else:
         sched = make_schedule(schedule)
@@ -62,30 +63,31 @@ def _wrap(denoise_fn):
 
 
 def sample(denoise_fn, latents, sigmas, solver="heun", *, schedule="linear", scaling="none",
-           eps_s=VP_EPS_S, churn=None, churn_seeds=None, dtype=None):
+           eps_s=VP_EPS_S, sigma_range=None, churn=None, churn_seeds=None, dtype=None):
     """Integrate the PF-ODE from x̂_0 = latents·σ_0 down the grid; return x̂ at sigmas[-1].
 
     denoise_fn(x [B, ...], σ [B]) → D; latents [B, ...] unit Gaussians; sigmas a decreasing grid
     (a trailing 0 allowed). solver ∈ {euler, heun, ddim, dpmpp2m}; schedule ∈ {linear, vp, ve}
     and scaling ∈ {none, vp} pick the time variable (EDM's ablation sampler; ddim and dpmpp2m
-    work in σ and ignore them). churn = dict(S_churn, S_min, S_max, S_noise) adds EDM's
+    work in σ and ignore them); a vp schedule is re-fit to sigma_range = (σ_min, σ_max), the range
+    that was asked for (kernels.sampling_range), by default the grid's. churn = dict(S_churn, S_min, S_max, S_noise) adds EDM's
     stochastic noise (needs churn_seeds [B]); dtype=jnp.float64 integrates in double precision.
     """
-    return _run(denoise_fn, latents, check_sigmas(sigmas), solver, schedule, scaling, eps_s,
+    return _run(denoise_fn, latents, check_sigmas(sigmas), solver, schedule, scaling, eps_s, sigma_range,
                 churn, churn_seeds, dtype, invert=False)
 
 
 def invert(denoise_fn, images, sigmas, solver="heun", *, schedule="linear", scaling="none",
-           eps_s=VP_EPS_S, dtype=None):
+           eps_s=VP_EPS_S, sigma_range=None, dtype=None):
     """ODE inversion: images at σ = min(sigmas) > 0 → latents (x̂ at max(sigmas) divided by σ_max)."""
     sig = check_sigmas(sigmas, allow_zero_end=False)
     if solver not in ("euler", "heun"):
         raise ValueError(f"inversion supports solver euler or heun, got {solver!r}")
-    return _run(denoise_fn, images, sig, solver, schedule, scaling, eps_s, None, None, dtype,
+    return _run(denoise_fn, images, sig, solver, schedule, scaling, eps_s, sigma_range, None, None, dtype,
                 invert=True)
 
 
-def _run(denoise_fn, x, sig, solver, schedule, scaling, eps_s, churn, churn_seeds, dtype, invert):
+def _run(denoise_fn, x, sig, solver, schedule, scaling, eps_s, sigma_range, churn, churn_seeds, dtype, invert):
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; allowed: {', '.join(SOLVERS)}")
     if churn is not None and churn_seeds is None:
@@ -96,8 +98,10 @@ def _run(denoise_fn, x, sig, solver, schedule, scaling, eps_s, churn, churn_seed
         raise ValueError("dtype=float64 needs 64-bit JAX: run inside `with jax.enable_x64(True):`")
     if solver in ("ddim", "dpmpp2m"):
         schedule, scaling = "linear", "none"
-    sched, scal = _ode_parts(schedule, scaling, sig, eps_s)
+    sched, scal = _ode_parts(schedule, scaling, sig, eps_s, sigma_range)
     t = sched.sigma_inv(sig)                                         # float64 numpy grid
+    if sig[-1] == 0:       # t_N = 0 exactly (EDM): a re-fit vp σ⁻¹(0) need not be 0 (β_min < 0)
+        t[-1] = 0.0
     if invert:
         t = t[::-1].copy()
     dtype = dtype or jnp.asarray(x).dtype

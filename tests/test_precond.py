@@ -48,6 +48,24 @@ def test_iddpm_rounds_sigma_and_uses_first_channels():
     np.testing.assert_allclose(den(x, sig), x)            # F = 0 → D = c_skip x = x
 
 
+def test_iddpm_rounds_sigma_for_c_noise_only_and_over_all_of_u():
+    """As EDM's iDDPMPrecond: c_skip, c_out, c_in use the σ given; round_sigma searches u_0..u_M (u_M = 0)."""
+    pc = Precond("iddpm")
+    sig = jnp.asarray([pc.u[10] * 1.0001, 1e-6], jnp.float32)
+    c_skip, c_out, c_in, c_noise = pc.coefficients(sig)
+    np.testing.assert_allclose(c_out, -np.asarray(sig), rtol=1e-7)                    # not −u[10]
+    np.testing.assert_allclose(c_in, 1 / np.sqrt(np.asarray(sig, np.float64) ** 2 + 1), rtol=1e-6)
+    np.testing.assert_array_equal(c_noise, [989, -1])                                  # M − 1 − M for σ ≈ 0
+    np.testing.assert_array_equal(pc.round_sigma(sig)[1], 0.0)
+
+    def net(params, xin, c_noise, labels, train):        # F = c_in x in the first C channels
+        return jnp.concatenate([xin, xin], axis=-1)
+    x = jnp.ones((2, 2, 2, 1))
+    expect = 1 - np.asarray(sig, np.float64) / np.sqrt(np.asarray(sig, np.float64) ** 2 + 1)   # x − σ c_in x
+    # x − σ c_in x cancels two O(1) float32 numbers: absolute error ≤ a few eps32
+    np.testing.assert_allclose(make_denoiser(net, None, "iddpm")(x, sig)[:, 0, 0, 0], expect, rtol=0, atol=5e-7)
+
+
 def test_ideal_network_reproduces_the_optimal_denoiser_through_a_sampler():
     """F* = (D* − c_skip x)/c_out written from c_in x and c_noise alone recovers D* for every kind."""
     mu, c = 0.2, 0.5

@@ -127,3 +127,59 @@ def test_bad_arguments_are_refused():
         samplers.sample(gauss, lat, kernels.edm_sigmas(5), dtype=jnp.float64)
     with pytest.raises(ValueError, match="inversion"):
         samplers.invert(gauss, lat, kernels.edm_sigmas(5)[:-1], "ddim")
+
+
+def test_vp_schedule_on_the_edm_grid_ends_at_t_zero_and_converges():
+    """EDM grid with its trailing σ = 0 under the vp time variable: t_N = 0 exactly (σ⁻¹(0) of the re-fit
+    schedule is not 0 — β_min < 0 — and σ(t) there is NaN); Heun then converges at order 2 to the exact flow."""
+    lat = np.asarray(samplers.latents_from_seeds(np.arange(8), (6,)), np.float64)
+    steps, errs = [16, 32, 64], []
+    with jax.enable_x64(True):
+        for n in steps:
+            out = np.asarray(samplers.sample(gauss, jnp.asarray(lat), kernels.edm_sigmas(n), "heun",
+                                             schedule="vp", scaling="vp", dtype=jnp.float64))
+            assert np.all(np.isfinite(out))
+            errs.append(np.abs(out - exact_gaussian_flow(lat * 80.0, 80.0, 0.0)).max())
+    assert abs(order(errs, steps) - 2.0) < 0.25, errs
+
+
+def _reference_vp_euler(lat, sig, lo, hi, eps_s=1e-3):
+    """EDM's ablation sampler (vp schedule + vp scaling, Euler) written out in float64 numpy."""
+    beta_d = 2 * (np.log(lo ** 2 + 1) / eps_s - np.log(hi ** 2 + 1)) / (eps_s - 1)
+    beta_min = np.log(hi ** 2 + 1) - 0.5 * beta_d
+    sigma = lambda t: np.sqrt(np.exp(0.5 * beta_d * t ** 2 + beta_min * t) - 1)          # noqa: E731
+    dsigma = lambda t: 0.5 * (beta_min + beta_d * t) * (sigma(t) + 1 / sigma(t))         # noqa: E731
+    s = lambda t: 1 / np.sqrt(1 + sigma(t) ** 2)                                         # noqa: E731
+    ds = lambda t: -sigma(t) * dsigma(t) * s(t) ** 3                                     # noqa: E731
+    t = (np.sqrt(beta_min ** 2 + 2 * beta_d * np.log1p(sig ** 2)) - beta_min) / beta_d
+    t[-1] = 0.0
+    x = lat * sigma(t[0]) * s(t[0])
+    for i in range(len(t) - 1):
+        tc = t[i]
+        den = np.asarray(gauss(jnp.asarray(x / s(tc)), sigma(tc)))
+        d = (dsigma(tc) / sigma(tc) + ds(tc) / s(tc)) * x - dsigma(tc) * s(tc) / sigma(tc) * den
+        x = x + (t[i + 1] - tc) * d
+    return x
+
+
+def test_vp_schedule_is_refit_to_the_requested_range_not_the_grid_ends():
+    """iDDPM grid: its ends (80.2, 0.0064) are not the requested [0.002, 81]; EDM re-fits β to the latter."""
+    lat = np.asarray(samplers.latents_from_seeds(np.arange(8), (6,)), np.float64)
+    sig = kernels.iddpm_discretization(12)
+    with jax.enable_x64(True):
+        got = np.asarray(samplers.sample(gauss, jnp.asarray(lat), sig, "euler", schedule="vp", scaling="vp",
+                                         sigma_range=(0.002, 81.0), dtype=jnp.float64))
+        ref = _reference_vp_euler(lat, sig.copy(), 0.002, 81.0)
+        grid_fit = _reference_vp_euler(lat, sig.copy(), sig[-2], sig[0])
+    np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12)     # float64: both are the same arithmetic
+    assert np.abs(ref - grid_fit).max() > 1e-4                         # the two fits differ measurably
+
+
+def test_sampling_range_defaults_and_clamps_to_the_network():
+    assert kernels.sampling_range("edm") == (0.002, 80.0)
+    assert kernels.sampling_range("iddpm") == (0.002, 81.0)
+    np.testing.assert_allclose(kernels.sampling_range("vp"), [0.010486, 152.167], rtol=1e-4)   # σ_VP(1e-3), σ_VP(1)
+    assert kernels.sampling_range("edm", net_range=(0.02, 100.0)) == (0.02, 80.0)       # a VE network
+    assert kernels.sampling_range("ve", 0.001, 500.0, net_range=(0.02, 100.0)) == (0.02, 100.0)
+    with pytest.raises(ValueError, match="unknown discretization 'ddim'"):
+        kernels.sampling_range("ddim")
