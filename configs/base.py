@@ -3,6 +3,7 @@
     python -m jaxrepro.main --config=configs/base.py --workdir=/tmp/base
 """
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config(arg=None):
@@ -18,8 +19,13 @@ def get_config(arg=None):
         batch_size=64, num_steps=2000, lr=1e-3, warmup_images=64 * 200, ema_halflife_images=64 * 100,
         ema_rampup=0.05, grad_clip=0.0, augment_p=0.0, log_every=500, ckpt_every=1000, keep_ckpts=3,
         sample_every=0, num_sample_seeds=16))
-    c.sample = ml_collections.ConfigDict(dict(solver="heun", num_steps=18, sigma_min=0.002, sigma_max=80.0,
-                                              rho=7.0, num_seeds=256, first_seed=0))
+    # EDM's ablation sampler: σ grid (discretization edm | vp | ve | iddpm) over [sigma_min, sigma_max]
+    # (None: the discretization's default), clamped to the network's trained σ range; time variable
+    # schedule linear | vp | ve and scaling none | vp
+    c.sample = ml_collections.ConfigDict(dict(
+        solver="heun", num_steps=18, discretization="edm", schedule="linear", scaling="none",
+        sigma_min=config_dict.placeholder(float), sigma_max=config_dict.placeholder(float), rho=7.0,
+        num_seeds=256, first_seed=0))
     c.compare = ml_collections.ConfigDict(dict(descriptor="pixel_cosine", sscd_checkpoint="", fpr=0.01,
                                                gap_images=256))
     c.generate = ml_collections.ConfigDict(dict(num_images=1024, first_seed=0))

@@ -13,6 +13,7 @@ import tarfile
 import numpy as np
 
 DATASETS = ("digits", "cifar10", "cifar100", "molrg", "gaussian", "npz:<path>")
+RANGE_SLACK = 0.01   # npz images may overshoot [−1, 1] by this much (e.g. unclipped generated samples)
 CIFAR_ARCHIVES = {"cifar10": ("cifar-10-binary.tar.gz", 1, "data_batch_", "test_batch.bin"),
                   "cifar100": ("cifar-100-binary.tar.gz", 2, "train.bin", "test.bin")}  # archive, label bytes, train, test
 
@@ -123,10 +124,34 @@ def save_npz(path, images, labels, **meta):
 
 
 def load_npz(path):
-    """(images, labels) of a data set written by save_npz."""
+    """(images, labels) of a data set written by save_npz, checked: real floats [N, H, W, C] in [−1, 1], finite."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no data set file at {path}")
-    with np.load(path, allow_pickle=False) as f:
+    try:
+        f = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise ValueError(f"{path} is not an npz data set ({err})") from None
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} is a single .npy array, not an npz data set with 'images' and 'labels'")
+    with f:
         if "images" not in f or "labels" not in f:
-            raise ValueError(f"{path} is not a jaxrepro data set (needs arrays 'images' and 'labels')")
-        return f["images"].astype(np.float32), f["labels"].astype(np.int32)
+            raise ValueError(f"{path} is not a jaxrepro data set (needs arrays 'images' and 'labels', has {f.files})")
+        images, labels = f["images"], f["labels"]
+    return check_images(images, labels, path)
+
+
+def check_images(images, labels, where="data"):
+    """Refuse what training would silently misuse; returns (float32 images, int32 labels)."""
+    if not np.issubdtype(images.dtype, np.floating):
+        hint = " (uint8 0–255? map it with x / 127.5 − 1)" if images.dtype == np.uint8 else ""
+        raise ValueError(f"{where}: images must be real floats in [−1, 1], got dtype {images.dtype}{hint}")
+    if images.ndim != 4 or images.shape[0] < 1:
+        raise ValueError(f"{where}: images must be [N >= 1, H, W, C], got shape {images.shape}")
+    if not np.all(np.isfinite(images)):
+        raise ValueError(f"{where}: images hold {int(np.sum(~np.isfinite(images)))} non-finite values (NaN/inf)")
+    lo, hi = float(images.min()), float(images.max())
+    if lo < -1 - RANGE_SLACK or hi > 1 + RANGE_SLACK:
+        raise ValueError(f"{where}: images must lie in [−1, 1] (±{RANGE_SLACK}), got [{lo:.4g}, {hi:.4g}]")
+    if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{where}: labels must be integers [N] = [{images.shape[0]}], got {labels.dtype} {labels.shape}")
+    return images.astype(np.float32), labels.astype(np.int32)

@@ -13,6 +13,12 @@ from jax import lax
 GU_RATIO = 1.0 / 3.0   # Gu et al. 2023: memorized if ‖x − NN1‖ / ‖x − NN2‖ < 1/3
 
 
+def quantize(images):
+    """Images as the authors save them: uint8 = clip(⌊x·127.5 + 128⌋, 0, 255), mapped back to [−1, 1]."""
+    q = np.clip(np.floor(np.asarray(images, np.float32) * 127.5 + 128), 0, 255)
+    return (q / 127.5 - 1).astype(np.float32)
+
+
 @functools.partial(jax.jit, static_argnames=("k", "chunk", "l2"))
 def _top_k_chunked(query, ref, k, chunk, l2):
     """Top-k scores and indices of query [A, F] against ref [N, F] in chunks of ref rows."""

@@ -38,8 +38,9 @@ def line_plot(x, series, path, xlabel, ylabel, title="", logx=True, logy=True):
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for name, y in series.items():
         ax.plot(x, y, marker="o", ms=3, label=name)
-    ax.set_xscale("log" if logx else "linear")
-    ax.set_yscale("log" if logy else "linear")
+    positive = lambda v: len(v) > 0 and np.all(np.asarray(v, np.float64) > 0)   # noqa: E731
+    ax.set_xscale("log" if logx and positive(x) else "linear")
+    ax.set_yscale("log" if logy and all(positive(y) for y in series.values()) else "linear")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
@@ -53,7 +54,9 @@ def histogram(values, path, threshold=None, xlabel="similarity", title=""):
     """Save histograms of {name: values}, with a vertical line at the threshold."""
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for name, v in values.items():
-        ax.hist(np.asarray(v), bins=40, alpha=0.6, label=name)
+        v = np.asarray(v)
+        if v.size:
+            ax.hist(v, bins=40 if np.ptp(v) > 1e-5 else 1, alpha=0.6, label=name)   # float32 ties: one bin
     if threshold is not None:
         ax.axvline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:.3f}")
     ax.set_xlabel(xlabel)

@@ -8,6 +8,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxrepro.kernels import VP_BETA_D, VP_BETA_MIN, VP_EPS_T, iddpm_u, vp_sigma, vp_sigma_inv
 
@@ -47,6 +48,8 @@ class Precond:
         """σ on the network's grid (EDM's round_sigma): the nearest u_j, j = 0..M, for iDDPM; else σ."""
         if self.kind != "iddpm":
             return sigma
+        if isinstance(sigma, (np.ndarray, float)):                       # float64 grids stay float64
+            return self.u[np.argmin(np.abs(np.asarray(sigma)[..., None] - self.u), axis=-1)]
         u = jnp.asarray(self.u, jnp.asarray(sigma).dtype)                # [M + 1], u_M = 0 included
         return u[self._index(sigma)]
 

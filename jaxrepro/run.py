@@ -14,11 +14,11 @@ from jaxrepro import data as data_lib
 from jaxrepro import plots
 from jaxrepro.checkpoint import Checkpointer
 from jaxrepro.descriptors import get_descriptor
-from jaxrepro.kernels import edm_sigmas
+from jaxrepro.kernels import sampling_range, sigma_grid
 from jaxrepro.losses import LossConfig
 from jaxrepro.models import ModelApply, forward_flops, get_model, init_params, param_count
 from jaxrepro.oracle import make_optimal_denoiser
-from jaxrepro.precond import Precond, make_denoiser, with_labels
+from jaxrepro.precond import Precond, make_denoiser
 from jaxrepro.samplers import SOLVERS
 from jaxrepro.train import TrainConfig, init_state, make_optimizer, train
 
@@ -56,6 +56,32 @@ def _load_data(config):
     return data_lib.subset(images, labels, config.data.n, config.data.subset_seed)
 
 
+def _check_counts(c):
+    """Sample/compare settings that would fail only after training."""
+    if c.sample.solver not in SOLVERS:
+        raise ValueError(f"unknown solver {c.sample.solver!r}; allowed: {', '.join(SOLVERS)}")
+    for key in ("sample.num_seeds", "generate.num_images", "compare.gap_images"):
+        section, name = key.split(".")
+        if int(c[section][name]) < 1:
+            raise ValueError(f"{key} must be >= 1, got {c[section][name]}")
+    if not 0 < c.compare.fpr < 1:
+        raise ValueError(f"compare.fpr must be in (0, 1), got {c.compare.fpr}")
+
+
+def sampler_settings(s, precond):
+    """(σ grid, sampler kwargs) of a config's sample section: EDM's ablation sampler settings, the range
+    clamped to what the network was trained for and the grid rounded as the network rounds σ."""
+    lo, hi = sampling_range(s.discretization, s.sigma_min, s.sigma_max, precond.sigma_range)
+    extra = {"rho": s.rho} if s.discretization == "edm" else {}
+    if s.discretization == "edm" and not s.rho > 0:
+        raise ValueError(f"sample.rho must be > 0, got {s.rho}")
+    grid = sigma_grid(s.discretization, s.num_steps, sigma_min=lo, sigma_max=hi, **extra)
+    grid = np.append(np.asarray(precond.round_sigma(grid[:-1]), np.float64), 0.0)
+    if precond.kind == "iddpm":     # rounding may merge neighbours; the sampler needs a decreasing grid
+        grid = np.append(np.unique(grid[:-1])[::-1], 0.0)
+    return grid, dict(schedule=s.schedule, scaling=s.scaling, sigma_range=(lo, hi))
+
+
 class Job:
     """One configured run in one workdir."""
 
@@ -65,16 +91,18 @@ class Job:
         self.precond = Precond(c.precond)
         self.loss_cfg = LossConfig(**c.loss)
         self.train_cfg = TrainConfig(**c.train, seed=c.seed)
+        _check_counts(c)
         if c.compare.descriptor == "sscd":     # fail now, not after training, if the checkpoint is missing
             get_descriptor("sscd", checkpoint=c.compare.sscd_checkpoint)
         elif c.compare.descriptor not in ("pixel_cosine", "pixel_l2"):
             get_descriptor(c.compare.descriptor)
-        if c.sample.solver not in SOLVERS:
-            raise ValueError(f"unknown solver {c.sample.solver!r}; allowed: {', '.join(SOLVERS)}")
-        self.sigmas = edm_sigmas(c.sample.num_steps, c.sample.sigma_min, c.sample.sigma_max, c.sample.rho)
+        self.sigmas, self.sample_kw = sampler_settings(c.sample, self.precond)
         self.model = _model_from(c)
         self.num_classes = int(getattr(self.model, "num_classes", 0))
         self.images, self.labels = _load_data(c)
+        if len(self.images) < 2:
+            raise ValueError(f"data.n={len(self.images)}: comparisons need >= 2 training images (the ratio test "
+                             f"uses the two nearest)")
         self.shape = self.images.shape[1:]
         try:
             jax.eval_shape(lambda: init_params(self.model, self.shape, 0, self.num_classes > 0))
@@ -108,27 +136,34 @@ class Job:
         s = self.config[section]
         return np.arange(s.first_seed, s.first_seed + (s.num_seeds if "num_seeds" in s else s.num_images))
 
-    def _net(self, params, seeds):
-        den = make_denoiser(ModelApply(self.model), params, self.precond.kind)
-        return with_labels(den, np.asarray(seeds) % self.num_classes) if self.num_classes else den
+    def _labels(self, seeds):
+        """Class of each seed (seed mod K) for a conditional run; None otherwise."""
+        return np.asarray(seeds) % self.num_classes if self.num_classes else None
 
-    def _oracle(self, seeds):
-        if self.num_classes:
-            return with_labels(make_optimal_denoiser(self.images, self.labels), np.asarray(seeds) % self.num_classes)
-        return make_optimal_denoiser(self.images)
+    def _net(self, params):
+        return make_denoiser(ModelApply(self.model), params, self.precond.kind)
+
+    def _oracle(self):
+        return make_optimal_denoiser(self.images, self.labels if self.num_classes else None)
+
+    def _sample(self, params, seeds, name=None):
+        log = self.log if name else None
+        return compare_lib.sample_seeds(self._net(params), seeds, self.shape, self.sigmas, self.config.sample.solver,
+                                        log=log, name=name or "", labels=self._labels(seeds), **self.sample_kw)
 
     def ema_params(self):
         """EMA parameters of the newest checkpoint that restores."""
         params = init_params(self.model, self.shape, self.config.seed, self.num_classes > 0)
         like = init_state(params, make_optimizer(self.train_cfg))
-        state, step = Checkpointer(os.path.join(self.workdir, "checkpoints")).restore_latest(like)
+        with Checkpointer(os.path.join(self.workdir, "checkpoints")) as ckpt:
+            state, step = ckpt.restore_latest(like)
         if state is None:
             raise FileNotFoundError(f"no checkpoint in {self.workdir}/checkpoints; run --mode=train first")
         self.log(f"loaded EMA parameters of step {step}")
         return state.ema_params
 
     # ------------------------------------------------------------------ modes
-    def train(self):
+    def train(self, fresh_start=False):
         c = self.config
         self.log(f"train: {c.model.name} ({param_count(self.model, self.shape):,} params) on {c.data.name} "
                  f"N={len(self.images)} {self.shape}, {self.train_cfg.num_steps} steps of batch {self.train_cfg.batch_size}")
@@ -136,17 +171,14 @@ class Job:
         grid_seeds = np.arange(self.train_cfg.num_sample_seeds)
 
         def sample_grid(ema, step):
-            x = compare_lib.sample_seeds(self._net(ema, grid_seeds), grid_seeds, self.shape, self.sigmas,
-                                         c.sample.solver)
-            plots.image_rows([x], os.path.join(self.workdir, "samples", f"step_{step:07d}.png"))
+            plots.image_rows([self._sample(ema, grid_seeds)], os.path.join(self.workdir, "samples", f"step_{step:07d}.png"))
 
         return train(self.workdir, self.images, self.labels, ModelApply(self.model), params, self.precond,
-                     self.loss_cfg, self.train_cfg, self.num_classes > 0, sample_grid, self.log)
+                     self.loss_cfg, self.train_cfg, self.num_classes > 0, sample_grid, self.log, fresh_start=fresh_start)
 
     def sample(self):
         seeds = self._seeds("sample")
-        x = compare_lib.sample_seeds(self._net(self.ema_params(), seeds), seeds, self.shape, self.sigmas,
-                                     self.config.sample.solver, log=self.log, name="network")
+        x = self._sample(self.ema_params(), seeds, "network")
         data_lib.save_npz(os.path.join(self.workdir, "samples.npz"), x, np.asarray(seeds) % max(self.num_classes, 1),
                           seeds=seeds)
         plots.image_rows([x[i:i + 16] for i in range(0, min(len(x), 64), 16)], os.path.join(self.workdir, "samples.png"))
@@ -156,16 +188,15 @@ class Job:
         c = self.config
         seeds = self._seeds("sample")
         kw = {"checkpoint": c.compare.sscd_checkpoint} if c.compare.descriptor == "sscd" else {}
-        return compare_lib.compare(self._net(self.ema_params(), seeds), self._oracle(seeds), self.images,
-                                   self.workdir, seeds, self.sigmas, c.sample.solver,
-                                   get_descriptor(c.compare.descriptor, **kw), c.compare.fpr, c.compare.gap_images,
-                                   self.log)
+        return compare_lib.compare(self._net(self.ema_params()), self._oracle(), self.images, self.workdir, seeds,
+                                   self.sigmas, c.sample.solver, get_descriptor(c.compare.descriptor, **kw),
+                                   c.compare.fpr, c.compare.gap_images, self.log, labels=self._labels(seeds),
+                                   train_labels=self.labels if self.num_classes else None, **self.sample_kw)
 
     def generate(self):
         """Teacher data (as the authors' released code does): images from fixed seeds, saved as a data set."""
         seeds = self._seeds("generate")
-        x = compare_lib.sample_seeds(self._net(self.ema_params(), seeds), seeds, self.shape, self.sigmas,
-                                     self.config.sample.solver, log=self.log, name="teacher")
+        x = self._sample(self.ema_params(), seeds, "teacher")
         path = os.path.join(self.workdir, "generated.npz")
         data_lib.save_npz(path, np.clip(x, -1, 1), np.asarray(seeds) % max(self.num_classes, 1), seeds=seeds)
         self.log(f"wrote {len(x)} generated images to {path}; train on them with data.name='npz:{path}'")

@@ -84,3 +84,26 @@ def test_npz_round_trip_without_pickle(tmp_path):
         data.load_dataset("npz:/nonexistent.npz")
     with pytest.raises(ValueError, match="allowed: digits"):
         data.load_dataset("mnist")
+
+
+@pytest.mark.parametrize("images,labels,message", [
+    (np.full((4, 8, 8, 1), 200, np.uint8), np.zeros(4, np.int32), "dtype uint8 (uint8 0–255? map it with x / 127.5 − 1)"),
+    (np.full((4, 8, 8, 1), 3.0, np.float32), np.zeros(4, np.int32), "must lie in [−1, 1] (±0.01), got [3, 3]"),
+    (np.zeros((4, 8, 8, 1), np.complex64), np.zeros(4, np.int32), "must be real floats"),
+    (np.zeros((4, 64), np.float32), np.zeros(4, np.int32), "must be [N >= 1, H, W, C], got shape (4, 64)"),
+    (np.full((4, 8, 8, 1), np.nan, np.float32), np.zeros(4, np.int32), "256 non-finite values"),
+    (np.zeros((4, 8, 8, 1), np.float32), np.zeros(3, np.int32), "labels must be integers [N] = [4], got int32 (3,)"),
+])
+def test_npz_data_is_checked_at_load(tmp_path, images, labels, message):
+    path = str(tmp_path / "d.npz")
+    np.savez(path, images=images, labels=labels)
+    with pytest.raises(ValueError) as err:
+        data.load_dataset(f"npz:{path}")
+    assert message in str(err.value), str(err.value)
+
+
+def test_random_bytes_are_not_an_npz_data_set(tmp_path):
+    path = tmp_path / "junk.npz"
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(ValueError, match="is not an npz data set"):
+        data.load_dataset(f"npz:{path}")

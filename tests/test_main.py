@@ -95,3 +95,38 @@ def test_cifar_small_one_step_and_two_seed_compare_on_mock_data(tmp_path):
         res = job.compare()
     assert any("step 1/1" in line for line in logs)
     assert res["num_seeds"] == 2 and res["num_train"] == 1024 and len(res["denoiser_gap"]) == 18
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("train.lr", float("nan"), "train.lr must be a finite number > 0, got nan"),
+    ("train.lr", float("inf"), "train.lr must be a finite number > 0, got inf"),
+    ("train.lr", 0.0, "train.lr must be a finite number > 0, got 0.0"),
+    ("train.warmup_images", -1, "train.warmup_images must be a finite number >= 0, got -1"),
+    ("train.ema_halflife_images", -5, "train.ema_halflife_images must be a finite number >= 0, got -5"),
+    ("train.grad_clip", -1.0, "train.grad_clip must be a finite number >= 0, got -1.0"),
+    ("model.width", 0, "mlp: width must be > 0, got 0"),
+    ("sample.rho", 0.0, "sample.rho must be > 0, got 0.0"),
+    ("sample.num_seeds", 0, "sample.num_seeds must be >= 1, got 0"),
+    ("compare.fpr", 1.5, "compare.fpr must be in (0, 1), got 1.5"),
+    ("data.n", 1, "data.n=1: comparisons need >= 2 training images"),
+])
+def test_bad_values_fail_in_job_init_naming_the_value(tmp_path, key, value, message):
+    sys.path.insert(0, ROOT)
+    from configs import quickstart
+    from jaxrepro.run import Job
+    c = quickstart.get_config()
+    section, name = key.split(".")
+    if section == "model":
+        c.model = dict(name="mlp", **{name: value})
+    else:
+        c[section][name] = value
+    with pytest.raises(ValueError) as err:
+        Job(c, str(tmp_path / "w"), writes=True)
+    assert message in str(err.value)
+    assert not os.path.exists(tmp_path / "w")
+
+
+def test_override_of_a_key_the_config_lacks_is_one_clear_error(tmp_path):
+    out = main("--config=configs/quickstart.py", f"--workdir={tmp_path}", "--config.sample.schedul=vp", timeout=300)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "names a key the config does not have" in out.stderr and "schedule" in out.stderr, out.stderr[-2000:]

@@ -152,3 +152,17 @@ def test_preprocess_is_resize_then_imagenet_normalisation():
     assert out.shape == (1, 8, 8, 3)
     np.testing.assert_allclose(out[0, 0, 0], (1 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225]),
                                rtol=1e-6)
+
+
+def test_converter_expands_home_and_names_a_wrong_kind_of_file(tmp_path, monkeypatch):
+    path = str(tmp_path / "model.pt")
+    scripted("sscd_disc_mixup", path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    convert_torchscript(path, "~/sscd")                                   # as `--out=~/sscd` arrives
+    assert os.path.exists(tmp_path / "home" / "sscd" / "sscd.npz") and not os.path.exists(tmp_path / "~")
+    load_variables("~/sscd")
+    torch.save(torch.jit.load(path).state_dict(), str(tmp_path / "state.pt"))    # a state dict, not TorchScript
+    with pytest.raises(ValueError, match="is not a TorchScript file"):
+        convert_torchscript(str(tmp_path / "state.pt"), str(tmp_path / "out"))
+    assert not os.path.exists(tmp_path / "out")

@@ -4,6 +4,7 @@
 
 torch (the "sscd" extra) is needed here only; the result (sscd.npz + meta.json) loads without it.
 """
+import os
 import re
 
 import jax
@@ -99,7 +100,15 @@ def convert_torchscript(path, out_dir, arch_name=None):
         import torch
     except ImportError as err:
         raise ImportError("conversion needs torch: pip install '.[sscd]' (a CPU wheel is enough)") from err
-    model = torch.jit.load(path, map_location="cpu")
+    path, out_dir = os.path.expanduser(path), os.path.expanduser(out_dir)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no TorchScript file at {path}")
+    try:
+        model = torch.jit.load(path, map_location="cpu")
+    except RuntimeError as err:
+        raise ValueError(f"{path} is not a TorchScript file (a state dict or pickled module? SSCD's releases "
+                         f"are *.torchscript.pt files, e.g. sscd_disc_large.torchscript.pt): "
+                         f"{str(err).splitlines()[0][:200]}") from None
     state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     arch_name, variables = convert_state_dict(state, arch_name)
     save_variables(out_dir, arch_name, variables)

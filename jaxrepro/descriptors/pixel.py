@@ -9,6 +9,7 @@ class PixelCosine:
     """Correlation of mean-subtracted images (Kadkhodaie et al. 2024): cosine of centred pixels."""
     name = "pixel_cosine"
     kind = "dot"          # similarity(a, b) = a · b of unit features
+    threshold = 0.95      # fixed "same image" threshold, from experiments/descriptor_calibration.py on digits
 
     def embed(self, images):
         """[B, *image] → [B, D] unit vectors of the centred pixels."""
@@ -29,6 +30,8 @@ class PixelL2:
     """Normalised pixel L2 (Carlini et al. 2023): similarity = −‖x1 − x2‖ / √D."""
     name = "pixel_l2"
     kind = "l2"           # similarity(a, b) = −‖a − b‖
+    threshold = -0.25     # "same image" when the RMS pixel difference is < 0.25 (1/8 of the [−1, 1] range);
+    #                       from experiments/descriptor_calibration.py on digits (tracks the regime best)
 
     def embed(self, images):
         """[B, *image] → [B, D] pixels scaled by 1/√D."""

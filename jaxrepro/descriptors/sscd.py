@@ -137,6 +137,7 @@ class SSCDDescriptor:
     """Descriptor interface over a converted SSCD checkpoint: cosine of L2-normalised embeddings."""
     name = "sscd"
     kind = "dot"
+    threshold = 0.6       # the paper's fixed threshold (Zhang et al.; Pizzi et al.'s copy-detection setting)
 
     def __init__(self, checkpoint, batch_size=32, size=320):
         self.arch, self.variables = load_variables(checkpoint)
