@@ -22,11 +22,17 @@ PRESETS = {
     "ddpmpp_c32": functools.partial(DDPMpp, model_channels=32, **_EDM_CIFAR),
     "ddpmpp_tiny": functools.partial(DDPMpp, model_channels=16, channel_mult=(1, 2), num_blocks=1,
                                      attn_resolutions=(4,), dropout=0.0),
-    "uvit_s2": functools.partial(UViT, patch_size=2, depth=13, embed_dim=512, num_heads=8, mlp_ratio=4.0),
-    "uvit_tiny": functools.partial(UViT, patch_size=2, depth=3, embed_dim=64, num_heads=2, mlp_ratio=2.0),
+    # U-ViT-S/2 of the official CIFAR-10 config (depth 12: 6 in-blocks, 1 mid, 6 out; no qkv bias)
+    "uvit_s2": functools.partial(UViT, patch_size=2, depth=12, embed_dim=512, num_heads=8, mlp_ratio=4.0),
+    "uvit_tiny": functools.partial(UViT, patch_size=2, depth=2, embed_dim=64, num_heads=2, mlp_ratio=2.0),
     "mlp": functools.partial(MLP, width=512, depth=4, emb_dim=128),
     "mlp_tiny": functools.partial(MLP, width=64, depth=2, emb_dim=32),
 }
+
+
+# size fields that must be positive (a 0 would surface later as a ZeroDivisionError inside flax)
+POSITIVE_FIELDS = {"width", "depth", "emb_dim", "model_channels", "num_blocks", "channel_mult_emb", "patch_size",
+                   "embed_dim", "num_heads", "mlp_ratio"}
 
 
 def get_model(name, **overrides):
@@ -38,7 +44,12 @@ def get_model(name, **overrides):
     unknown = set(overrides) - fields
     if unknown:
         raise ValueError(f"{name} has no setting {sorted(unknown)}; allowed: {', '.join(sorted(fields))}")
-    return PRESETS[name](**overrides)
+    module = PRESETS[name](**overrides)
+    for field in POSITIVE_FIELDS & fields:
+        value = getattr(module, field)
+        if not (isinstance(value, (int, float)) and value > 0):
+            raise ValueError(f"{name}: {field} must be > 0, got {value!r}")
+    return module
 
 
 @dataclasses.dataclass(frozen=True)
