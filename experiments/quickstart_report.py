@@ -22,11 +22,13 @@ def main():
     for regime, wd in [("memorization", args.memorization_dir), ("generalization", args.generalization_dir)]:
         with open(os.path.join(wd, "compare.json")) as f:
             rec = json.load(f)
-        keys = ("num_train", "num_seeds", "same_image_rate", "unrelated_same_image_rate", "rp", "rp_threshold",
-                "gl_network", "gl_oracle", "mean_abs_pixel_diff")
+        keys = ("num_train", "num_seeds", "descriptor", "same_image_rate", "unrelated_same_image_rate", "rp",
+                "rp_threshold", "rp_fixed", "fixed_threshold", "gl_network", "gl_oracle", "gl_paper_network",
+                "mean_abs_pixel_diff")
         report[regime] = {k: rec[k] for k in keys}
         print(f"{regime:>15} N={rec['num_train']:<5} seeds={rec['num_seeds']}  same-image rate "
-              f"{rec['same_image_rate']:.3f}  RP {rec['rp']:.3f}  GL(net) {rec['gl_network']:.3f}  "
+              f"{rec['same_image_rate']:.3f}  RP {rec['rp_fixed']:.3f} ({rec['descriptor']} > {rec['fixed_threshold']})  "
+              f"RP {rec['rp']:.3f} (5 % FPR)  GL(net) {rec['gl_network']:.3f}  "
               f"GL(oracle) {rec['gl_oracle']:.3f}")
         for key, op, target in TARGETS[regime]:
             met = rec[key] >= target if op == ">=" else rec[key] <= target
