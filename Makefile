@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test bench quickstart clean
+.PHONY: test bench quickstart experiments clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ quickstart: $(VENV)/.installed
 	$(PY) -m jaxrepro.main --config=configs/quickstart.py --workdir=runs/quickstart_n32
 	$(PY) -m jaxrepro.main --config=configs/quickstart.py:n=1797 --workdir=runs/quickstart_n1797
 	$(PY) experiments/quickstart_report.py runs/quickstart_n32 runs/quickstart_n1797
+
+# the small variant of every experiment (digits, CPU); each writes results.json + PNGs under runs/experiments/
+experiments: $(VENV)/.installed
 
 bench: $(VENV)/.installed-test
 	$(PY) benchmarks/oracle.py

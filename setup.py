@@ -6,7 +6,7 @@ setup(
     version="0.1.0",
     description="Learned vs closed-form optimal denoisers in JAX/Flax (Zhang et al., ICML 2024)",
     # the configs travel with the package, so `--config=/path/to/configs/x.py` works from any directory
-    packages=find_packages(include=["jaxrepro", "jaxrepro.*", "configs"]),
+    packages=find_packages(include=["jaxrepro", "jaxrepro.*", "configs", "configs.*"]),
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.10.2,<0.11",

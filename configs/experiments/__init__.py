@@ -1,0 +1,1 @@
+"""Configs of the experiments in experiments/: get_config("small" | "paper")."""
