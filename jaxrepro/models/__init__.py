@@ -44,6 +44,7 @@ def get_model(name, **overrides):
     unknown = set(overrides) - fields
     if unknown:
         raise ValueError(f"{name} has no setting {sorted(unknown)}; allowed: {', '.join(sorted(fields))}")
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}   # JSON lists → hashable
     module = PRESETS[name](**overrides)
     for field in POSITIVE_FIELDS & fields:
         value = getattr(module, field)
