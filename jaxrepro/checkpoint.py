@@ -66,7 +66,7 @@ class Checkpointer:
 
     def _write_record(self):
         steps = self.steps()
-        if steps and steps[-1] > self.recorded_step():
+        if steps and steps[-1] > self.recorded_step() and jax.process_index() == 0:
             tmp = self.record_path + ".tmp"
             with open(tmp, "w") as f:
                 json.dump({"last_step": steps[-1], "directory": self.directory}, f)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrepro import metrics, plots
+from jaxrepro import distributed, metrics, plots
 from jaxrepro.descriptors import get_descriptor
 from jaxrepro.precond import with_labels
 from jaxrepro.samplers import latents_from_seeds, sample
@@ -28,11 +28,21 @@ def sample_seeds(denoise_fn, seeds, shape, sigmas, solver="heun", batch=256, log
     """Samples [len(seeds), *shape] from per-seed latents, in batches (results independent of batch).
 
     labels [len(seeds)] (conditional denoisers D(x, σ, labels)) are bound batch by batch; sample_kw
-    go to samplers.sample (schedule, scaling, sigma_range).
+    go to samplers.sample (schedule, scaling, sigma_range). In a multi-process run each process samples
+    its share of the seeds and every process returns all images.
     """
     seeds = np.asarray(seeds)
     if labels is not None and np.shape(labels) != seeds.shape:
         raise ValueError(f"labels must be one per seed: {np.shape(labels)} vs {seeds.shape}")
+    if jax.process_count() == 1:
+        return _sample_rows(denoise_fn, seeds, shape, sigmas, solver, batch, log, name, labels, sample_kw)
+    mine = distributed.my_seeds(np.arange(len(seeds)))            # row indices of this process's share
+    local = _sample_rows(denoise_fn, seeds[mine], shape, sigmas, solver, batch, log, name,
+                         None if labels is None else np.asarray(labels)[mine], sample_kw)
+    return distributed.gather_rows(local, len(seeds))
+
+
+def _sample_rows(denoise_fn, seeds, shape, sigmas, solver, batch, log, name, labels, sample_kw):
     out = []
     for i in range(0, len(seeds), batch):
         lat = latents_from_seeds(seeds[i:i + batch], shape)
@@ -115,7 +125,8 @@ def compare(net_fn, oracle_fn, train_images, workdir, seeds, sigmas, solver="heu
         "denoiser_gap": {f"{s:.6g}": g for s, g in gaps.items()},
         "seconds": round(time.time() - t0, 1),
     }
-    _write(workdir, result, x_net, x_orc, seeds, train_images, nn_net, gaps, pair, unrelated[differ], threshold, desc)
+    if distributed.is_main():
+        _write(workdir, result, x_net, x_orc, seeds, train_images, nn_net, gaps, pair, unrelated[differ], threshold, desc)
     fixed_txt = f"  RP {result['rp_fixed']:.3f} at fixed {fixed}" if fixed is not None else ""
     log(f"compare: same-image rate {same:.3f}  RP {result['rp']:.3f} (calibrated threshold {threshold:.3f}){fixed_txt}  "
         f"GL network {result['gl_network']:.3f}  GL oracle {result['gl_oracle']:.3f}  ({result['seconds']} s)")

@@ -10,12 +10,16 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxrepro import run
+from jaxrepro import distributed, run
 
 MODES = ("train", "sample", "compare", "generate", "info", "all")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file (file.py:arg allowed)")
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, records and figures")
 _MODE = flags.DEFINE_enum("mode", "all", MODES, "what to run")
+_COORD = flags.DEFINE_string("coordinator_address", None, "multi-host: host:port of process 0 "
+                              "(jax.distributed.initialize; auto-detected on TPU pods and SLURM)")
+_NPROC = flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
+_PID = flags.DEFINE_integer("process_id", None, "multi-host: this process's index")
 _FRESH = flags.DEFINE_bool("fresh_start", False, "train from step 0 in a workdir whose earlier run cannot be "
                            "resumed (its records are kept, renamed)")
 # errors that describe bad input or a damaged run: one line, no traceback (--verbosity=1 shows it)
@@ -39,6 +43,7 @@ def main(argv):
     if not _WORKDIR.value:
         raise app.UsageError(f"--workdir is required for --mode={mode}")
     try:
+        distributed.initialize(_COORD.value, _NPROC.value, _PID.value)
         _dispatch(config, mode)
     except USER_ERRORS as err:
         if flags.FLAGS["verbosity"].present:

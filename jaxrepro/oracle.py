@@ -167,12 +167,12 @@ def sharded_optimal_denoiser(data, mesh, axis="data", *, chunk=DEFAULT_CHUNK,
     M = max_d m_d, s = Σ_d s_d e^{m_d − M}, num = Σ_d num_d e^{m_d − M}.
     """
     from jax.sharding import NamedSharding, PartitionSpec as P
-    data = jnp.asarray(data)
+    data = np.asarray(data)                       # host copy: every process places its own shards
     n_dev = mesh.shape[axis]
     flat = data.reshape(data.shape[0], -1)
     pad = (-flat.shape[0]) % n_dev
-    flat = jnp.pad(flat, ((0, pad), (0, 0)))
-    valid = jnp.arange(flat.shape[0]) < data.shape[0]
+    flat = np.pad(flat, ((0, pad), (0, 0)))
+    valid = np.arange(flat.shape[0]) < data.shape[0]
     spec = NamedSharding(mesh, P(axis))
     flat, valid = jax.device_put(flat, spec), jax.device_put(valid, spec)
     image_shape = data.shape[1:]
@@ -188,14 +188,14 @@ def sharded_optimal_denoiser(data, mesh, axis="data", *, chunk=DEFAULT_CHUNK,
                            out_specs=(P(), P()), check_vma=False)
 
     @jax.jit
-    def _denoise(x, sigma):
+    def _denoise(x, sigma, y, ok):                # the shards are arguments: a multi-process array cannot be closed over
         sig = jnp.broadcast_to(jnp.asarray(sigma, x.dtype), (x.shape[0],))
-        s, num = mapped(x.reshape(x.shape[0], -1), sig, flat, valid)
+        s, num = mapped(x.reshape(x.shape[0], -1), sig, y, ok)
         return (num / s[:, None]).reshape(x.shape)
 
     def denoise(x, sigma):
         _check_query(x, sigma, image_shape)
-        return _denoise(x, sigma)
+        return _denoise(x, sigma, flat, valid)
     return denoise
 
 

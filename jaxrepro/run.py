@@ -8,10 +8,11 @@ import os
 
 import jax
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxrepro import compare as compare_lib
 from jaxrepro import data as data_lib
-from jaxrepro import plots
+from jaxrepro import distributed, plots
 from jaxrepro.checkpoint import Checkpointer
 from jaxrepro.descriptors import get_descriptor
 from jaxrepro.kernels import sampling_range, sigma_grid
@@ -125,7 +126,7 @@ class Job:
                                  f" differ); use a new --workdir")
         elif not writes:
             raise FileNotFoundError(f"{self.workdir} holds no run (no config.json); train first with --mode=train")
-        if writes:
+        if writes and distributed.is_main():
             os.makedirs(self.workdir, exist_ok=True)
             with open(path + ".tmp", "w") as f:
                 f.write(self.config.to_json(indent=1))
@@ -152,15 +153,17 @@ class Job:
                                         log=log, name=name or "", labels=self._labels(seeds), **self.sample_kw)
 
     def ema_params(self):
-        """EMA parameters of the newest checkpoint that restores."""
+        """EMA parameters of the newest checkpoint that restores, on this process's first device."""
         params = init_params(self.model, self.shape, self.config.seed, self.num_classes > 0)
-        like = init_state(params, make_optimizer(self.train_cfg))
+        repl = NamedSharding(distributed.data_mesh(), PartitionSpec())           # restored on every process
+        like = jax.device_put(init_state(params, make_optimizer(self.train_cfg)), repl)
         with Checkpointer(os.path.join(self.workdir, "checkpoints")) as ckpt:
             state, step = ckpt.restore_latest(like)
         if state is None:
             raise FileNotFoundError(f"no checkpoint in {self.workdir}/checkpoints; run --mode=train first")
         self.log(f"loaded EMA parameters of step {step}")
-        return state.ema_params
+        # process-local copies: each process samples its own share of the seeds
+        return jax.device_put(jax.tree_util.tree_map(np.asarray, state.ema_params), jax.local_devices()[0])
 
     # ------------------------------------------------------------------ modes
     def train(self, fresh_start=False):
@@ -171,7 +174,9 @@ class Job:
         grid_seeds = np.arange(self.train_cfg.num_sample_seeds)
 
         def sample_grid(ema, step):
-            plots.image_rows([self._sample(ema, grid_seeds)], os.path.join(self.workdir, "samples", f"step_{step:07d}.png"))
+            x = self._sample(jax.tree_util.tree_map(np.asarray, ema), grid_seeds)
+            if distributed.is_main():
+                plots.image_rows([x], os.path.join(self.workdir, "samples", f"step_{step:07d}.png"))
 
         return train(self.workdir, self.images, self.labels, ModelApply(self.model), params, self.precond,
                      self.loss_cfg, self.train_cfg, self.num_classes > 0, sample_grid, self.log, fresh_start=fresh_start)
@@ -179,6 +184,8 @@ class Job:
     def sample(self):
         seeds = self._seeds("sample")
         x = self._sample(self.ema_params(), seeds, "network")
+        if not distributed.is_main():
+            return
         data_lib.save_npz(os.path.join(self.workdir, "samples.npz"), x, np.asarray(seeds) % max(self.num_classes, 1),
                           seeds=seeds)
         plots.image_rows([x[i:i + 16] for i in range(0, min(len(x), 64), 16)], os.path.join(self.workdir, "samples.png"))
@@ -198,5 +205,7 @@ class Job:
         seeds = self._seeds("generate")
         x = self._sample(self.ema_params(), seeds, "teacher")
         path = os.path.join(self.workdir, "generated.npz")
+        if not distributed.is_main():
+            return
         data_lib.save_npz(path, np.clip(x, -1, 1), np.asarray(seeds) % max(self.num_classes, 1), seeds=seeds)
         self.log(f"wrote {len(x)} generated images to {path}; train on them with data.name='npz:{path}'")

@@ -5,6 +5,7 @@ dropout and augmentation from fold_in(fold_in(key(seed), step), p), and the batc
 is a pure function of (seed, step) — so results do not depend on how the batch is split over
 devices, and a resumed run continues bit-identically.
 """
+import contextlib
 import dataclasses
 import json
 import math
@@ -17,9 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxrepro import augment as augment_lib
+from jaxrepro import distributed
 from jaxrepro.checkpoint import Checkpointer, set_aside
 from jaxrepro.losses import LossConfig, example_loss
 from jaxrepro.precond import Precond, apply_denoiser
@@ -158,17 +160,18 @@ def train(workdir, images, labels, apply_fn, params, precond: Precond, loss_cfg:
     One writer per workdir (a lock); a workdir whose run cannot be resumed is refused unless fresh_start.
     """
     n = len(images)
-    devices = jax.local_devices() if devices is None else devices
-    if cfg.batch_size % len(devices):
-        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {len(devices)} local devices")
-    mesh = Mesh(np.array(devices), ("data",))
+    mesh = distributed.data_mesh(devices)                            # every device of every process
+    if cfg.batch_size % mesh.size:
+        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {mesh.size} devices")
     repl, shard = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     optimizer = make_optimizer(cfg)
     step_fn = make_train_step(apply_fn, precond, loss_cfg, cfg, optimizer, conditional)
     images, labels = np.asarray(images), np.asarray(labels, np.int32)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
-    with WorkdirLock(workdir), Checkpointer(os.path.join(workdir, "checkpoints"), cfg.keep_ckpts) as ckpt:
-        state = jax.device_put(_resume(ckpt, init_state(params, optimizer), metrics_path, fresh_start, log), repl)
+    main = distributed.is_main()                                     # process 0 alone writes records
+    with WorkdirLock(workdir) if main else contextlib.nullcontext(), \
+            Checkpointer(os.path.join(workdir, "checkpoints"), cfg.keep_ckpts) as ckpt:
+        state = _resume(ckpt, jax.device_put(init_state(params, optimizer), repl), metrics_path, fresh_start, log)
         start = int(state.step)
         if start >= cfg.num_steps:
             log(f"the newest checkpoint (step {start}) is already at or past num_steps={cfg.num_steps}; "
@@ -176,7 +179,9 @@ def train(workdir, images, labels, apply_fn, params, precond: Precond, loss_cfg:
         t0, last_log, pending = time.time(), start, []
         for step in range(start, cfg.num_steps):
             idx, pos = batch_positions(step, cfg.batch_size, n, cfg.seed)
-            batch = jax.device_put((images[idx], labels[idx], pos.astype(np.int32)), shard)
+            batch = [distributed.put_global(shard, (cfg.batch_size, *a.shape[1:]), lambda rows, a=a: a[idx[rows]])
+                     for a in (images, labels)] + [distributed.put_global(shard, (cfg.batch_size,),
+                                                                          lambda rows: pos[rows].astype(np.int32))]
             state, m = step_fn(state, *batch)
             pending.append(m)
             done = step + 1
@@ -187,8 +192,9 @@ def train(workdir, images, labels, apply_fn, params, precond: Precond, loss_cfg:
                 rate = (done - last_log) / max(elapsed, 1e-9)
                 rec = {"step": done, "loss": float(np.mean(losses)), "grad_norm": float(pending[-1]["grad_norm"]),
                        "steps_per_s": rate, "images_per_s": rate * cfg.batch_size}
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
+                if main:
+                    with open(metrics_path, "a") as f:
+                        f.write(json.dumps(rec) + "\n")
                 eta = (cfg.num_steps - done) / max(rate, 1e-9)
                 log(f"step {done}/{cfg.num_steps}  loss {rec['loss']:.4f}  {rate:.1f} steps/s  "
                     f"{rec['images_per_s']:.0f} img/s  ETA {eta:.0f}s")
@@ -208,11 +214,11 @@ def _resume(ckpt, state, metrics_path, fresh_start, log):
     """The newest good checkpoint's state (records past it dropped), or `state` for a new run."""
     restored, at = ckpt.restore_latest(state, allow_fresh=fresh_start)
     if restored is not None:
-        dropped = trim_records(metrics_path, at)
+        dropped = trim_records(metrics_path, at) if distributed.is_main() else 0
         log(f"resumed from checkpoint at step {at}" + (f" ({dropped} records past it dropped)" if dropped else ""))
         return restored
     for path in (metrics_path, ckpt.record_path):     # a fresh start keeps the earlier run's records, renamed
-        if os.path.exists(path):
+        if distributed.is_main() and os.path.exists(path):
             log(f"fresh start: kept the earlier {os.path.basename(path)} as {set_aside(path)}")
     return state
 
