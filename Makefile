@@ -33,6 +33,7 @@ bench: $(VENV)/.installed-test
 	$(PY) benchmarks/oracle.py
 	$(PY) benchmarks/train.py --steps 3
 	$(PY) benchmarks/descriptors.py
+	$(PY) benchmarks/throughput.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
