@@ -34,8 +34,10 @@ labels = np.zeros(24, np.int32)
 model = get_model("mlp_tiny")
 cfg = TrainConfig(batch_size=8, num_steps=int(os.environ.get("STEPS", "4")), lr=1e-2, warmup_images=40,
                   log_every=2, ckpt_every=2, ema_halflife_images=16)
+kill = os.environ.get("KILL_PROCESS_1_AT")        # test hook: process 1 dies while saving this step
 state = train(workdir, images, labels, ModelApply(model), init_params(model, (4, 4, 1), 0), Precond("edm"),
-              LossConfig("edm"), cfg, log=lambda m: print(f"[{jax.process_index()}] {m}", flush=True))
+              LossConfig("edm"), cfg, log=lambda m: print(f"[{jax.process_index()}] {m}", flush=True),
+              _kill_during_save=int(kill) if kill and jax.process_index() == 1 else None)
 params = jax.tree_util.tree_map(np.asarray, state.params)             # replicated: every process has them
 ema = jax.device_put(jax.tree_util.tree_map(np.asarray, state.ema_params), jax.local_devices()[0])
 seeds = np.arange(7)                                                    # not a multiple of the process count

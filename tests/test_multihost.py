@@ -20,12 +20,16 @@ def free_port():
         return s.getsockname()[1]
 
 
-def two_processes(out, workdir, env_extra=None):
+def start(out, workdir, env_extra=None):
     env = dict(os.environ, JAX_PLATFORMS="cpu", **(env_extra or {}))
     env.pop("XLA_FLAGS", None)
     addr = f"127.0.0.1:{free_port()}"
-    procs = [subprocess.Popen([sys.executable, WORKER, out, workdir, addr, str(i)], env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
+    return [subprocess.Popen([sys.executable, WORKER, out, workdir, addr, str(i)], env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
+
+
+def two_processes(out, workdir, env_extra=None):
+    procs = start(out, workdir, env_extra)
     logs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n----\n".join(log[-3000:] for log in logs)
     return logs
@@ -65,15 +69,19 @@ def test_two_processes_equal_one_process_with_two_devices(tmp_path):
     assert any("[1] done" in log for log in logs)
 
 
-def test_two_processes_resume_from_their_checkpoint(tmp_path):
-    """Both processes save step 2, then a rerun of both to step 4 resumes there and matches an uninterrupted run."""
+def test_one_process_killed_then_both_restart_from_the_last_finished_checkpoint(tmp_path):
+    """Process 1 is SIGKILLed while the step-4 save is in flight; the job (process 0 too) is stopped, as a
+    scheduler would; both restarted resume from step 2 or 4 and end equal to an uninterrupted run."""
     run = str(tmp_path / "run")
-    two_processes(str(tmp_path), run, {"STEPS": "2"})
-    logs = two_processes(str(tmp_path), run, {"STEPS": "4"})
-    assert all("resumed from checkpoint at step 2" in log for log in logs), logs[0][-2000:]
+    procs = start(str(tmp_path), run, {"STEPS": "6", "KILL_PROCESS_1_AT": "4"})
+    assert procs[1].wait(timeout=600) == -9
+    procs[0].kill()
+    procs[0].communicate(timeout=60)
+    logs = two_processes(str(tmp_path), run, {"STEPS": "6"})
+    assert all("resumed from checkpoint at step" in log for log in logs), logs[0][-2000:]
     resumed = np.load(tmp_path / "out.npz")
     (tmp_path / "ref").mkdir()
-    two_processes(str(tmp_path / "ref"), str(tmp_path / "ref" / "run"), {"STEPS": "4"})
+    two_processes(str(tmp_path / "ref"), str(tmp_path / "ref" / "run"), {"STEPS": "6"})
     ref = np.load(tmp_path / "ref" / "out.npz")
     for key in ref.files:
         np.testing.assert_array_equal(resumed[key], ref[key], err_msg=key)
