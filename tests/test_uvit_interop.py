@@ -161,3 +161,32 @@ def test_vp_denoiser_is_x_minus_sigma_times_official_noise_prediction(name):
     want = x_in - sigma[:, None, None, None] * eps
     # c_noise = 999 σ⁻¹(σ) re-derived in float32 shifts t by ≲ 1e-4 relative; the F error bound adds ~1e-4
     assert _rel(ours - x_in, want - x_in) <= 3 * REL_TOL
+
+
+def test_import_command_writes_a_vp_run_that_compare_reopens(tmp_path):
+    """`python -m jaxrepro.interop nnet.pth` (official U-ViT state dict) → a run; --mode=compare without --config."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from jaxrepro.data import save_npz
+    state, kwargs = _fixture("uvit-uncond-small")
+    pth = str(tmp_path / "nnet_ema.pth")
+    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, pth)
+    data = str(tmp_path / "data.npz")
+    save_npz(data, np.random.default_rng(0).uniform(-1, 1, (8, 32, 32, 3)).astype(np.float32), np.zeros(8, np.int32))
+    wd = str(tmp_path / "run")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def module(*args):
+        return subprocess.run([sys.executable, "-m", *args], cwd=root, capture_output=True, text=True, timeout=600)
+    out = module("jaxrepro.interop", pth, f"--workdir={wd}", f"--data=npz:{data}", "--num_seeds=3",
+                 f"--num_heads={kwargs['num_heads']}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "283,744 parameters, precond vp" in out.stdout, out.stdout
+    cfg = json.load(open(os.path.join(wd, "config.json")))
+    assert cfg["precond"] == "vp" and cfg["model"]["name"] == "uvit_s2" and cfg["model"]["embed_dim"] == 64
+    out = module("jaxrepro.main", f"--workdir={wd}", "--mode=compare")
+    assert out.returncode == 0 and "same-image rate" in out.stdout, out.stderr[-3000:]
+    assert json.load(open(os.path.join(wd, "compare.json")))["num_seeds"] == 3
