@@ -7,6 +7,7 @@ import json
 import os
 
 import jax
+import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -26,6 +27,8 @@ from jaxrepro.train import TrainConfig, init_state, make_optimizer, train
 # Fields that may change between runs in one workdir (longer training, other seeds, other plots).
 RESUMABLE = ("train.num_steps", "train.log_every", "train.ckpt_every", "train.keep_ckpts", "train.sample_every",
              "train.num_sample_seeds", "sample.", "compare.", "generate.", "data.data_dir")
+# Fields added after runs existed: a config.json without them holds their default.
+ADDED_DEFAULTS = {"train.trainable": "", "train.init_from": "", "train.init_params": "ema"}
 
 
 def _flat(d, prefix=""):
@@ -36,6 +39,17 @@ def _flat(d, prefix=""):
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def load_workdir_config(workdir):
+    """The ConfigDict of a workdir's config.json (JSON lists back to tuples, as the config files write them)."""
+    def tuples(v):
+        if isinstance(v, dict):
+            return {k: tuples(x) for k, x in v.items()}
+        return tuple(tuples(x) for x in v) if isinstance(v, list) else v
+
+    with open(os.path.join(workdir, "config.json")) as f:
+        return ml_collections.ConfigDict(tuples(json.load(f)))
 
 
 def _model_from(config):
@@ -105,10 +119,21 @@ class Job:
             raise ValueError(f"data.n={len(self.images)}: comparisons need >= 2 training images (the ratio test "
                              f"uses the two nearest)")
         self.shape = self.images.shape[1:]
+        if self.num_classes:       # seed s samples class s mod K: the conditional oracle needs images of each
+            wanted = set((self._seeds("sample") % self.num_classes).tolist())
+            missing = sorted(wanted - set(np.asarray(self.labels).tolist()))
+            if missing:
+                raise ValueError(f"a conditional run samples class (seed mod {self.num_classes}) for every seed, but "
+                                 f"{c.data.name} N={len(self.images)} has no image of class {missing[:10]}")
         try:
             jax.eval_shape(lambda: init_params(self.model, self.shape, 0, self.num_classes > 0))
         except ValueError as err:
             raise ValueError(f"model {c.model.name} cannot take images of shape {self.shape}: {err}") from err
+        src = self.train_cfg.init_from
+        if src and not os.path.exists(os.path.join(src, "config.json")):
+            raise FileNotFoundError(f"train.init_from={src!r} holds no run (no config.json)")
+        if src and os.path.abspath(src) == self.workdir:
+            raise ValueError(f"train.init_from={src!r} is this run's own workdir")
         if self.train_cfg.augment_p > 0 and getattr(self.model, "augment_dim", 0) != 9:
             raise ValueError("train.augment_p > 0 needs a model with augment_dim=9 (DDPM++ presets)")
         self._check_workdir(writes)
@@ -120,7 +145,8 @@ class Job:
             with open(path) as f:
                 theirs = _flat(json.load(f))
             diff = [k for k in sorted(set(mine) | set(theirs))
-                    if mine.get(k) != theirs.get(k) and not any(k.startswith(r) for r in RESUMABLE)]
+                    if mine.get(k, ADDED_DEFAULTS.get(k)) != theirs.get(k, ADDED_DEFAULTS.get(k))
+                    and not any(k.startswith(r) for r in RESUMABLE)]
             if diff:
                 raise ValueError(f"{self.workdir} holds a run of a different config ({', '.join(diff[:8])}"
                                  f" differ); use a new --workdir")
@@ -152,8 +178,8 @@ class Job:
         return compare_lib.sample_seeds(self._net(params), seeds, self.shape, self.sigmas, self.config.sample.solver,
                                         log=log, name=name or "", labels=self._labels(seeds), **self.sample_kw)
 
-    def ema_params(self):
-        """EMA parameters of the newest checkpoint that restores, on this process's first device."""
+    def ema_params(self, which="ema"):
+        """EMA (or, which="raw", raw) parameters of the newest checkpoint that restores, on this process's first device."""
         params = init_params(self.model, self.shape, self.config.seed, self.num_classes > 0)
         repl = NamedSharding(distributed.data_mesh(), PartitionSpec())           # restored on every process
         like = jax.device_put(init_state(params, make_optimizer(self.train_cfg)), repl)
@@ -161,16 +187,32 @@ class Job:
             state, step = ckpt.restore_latest(like)
         if state is None:
             raise FileNotFoundError(f"no checkpoint in {self.workdir}/checkpoints; run --mode=train first")
-        self.log(f"loaded EMA parameters of step {step}")
+        self.log(f"loaded {'EMA' if which == 'ema' else 'raw'} parameters of step {step}")
         # process-local copies: each process samples its own share of the seeds
-        return jax.device_put(jax.tree_util.tree_map(np.asarray, state.ema_params), jax.local_devices()[0])
+        chosen = state.ema_params if which == "ema" else state.params
+        return jax.device_put(jax.tree_util.tree_map(np.asarray, chosen), jax.local_devices()[0])
+
+    def _initial_params(self):
+        """Step-0 parameters: a fresh init, or train.init_from's checkpoint (same model shapes required)."""
+        params = init_params(self.model, self.shape, self.config.seed, self.num_classes > 0)
+        src = self.train_cfg.init_from
+        if not src:
+            return params
+        source = Job(load_workdir_config(src), src, log=self.log).ema_params(self.train_cfg.init_params)
+        ours, theirs = (jax.tree_util.tree_flatten_with_path(t)[0] for t in (params, source))
+        shapes = lambda leaves: {jax.tree_util.keystr(k): np.shape(v) for k, v in leaves}   # noqa: E731
+        if shapes(ours) != shapes(theirs):
+            bad = sorted(set(shapes(ours).items()) ^ set(shapes(theirs).items()))[:4]
+            raise ValueError(f"train.init_from={src!r} holds a different model; first mismatches: {bad}")
+        self.log(f"initialised from {src} ({self.train_cfg.init_params} parameters)")
+        return jax.tree_util.tree_map(lambda a, b: np.asarray(b, np.asarray(a).dtype), params, source)
 
     # ------------------------------------------------------------------ modes
     def train(self, fresh_start=False):
         c = self.config
         self.log(f"train: {c.model.name} ({param_count(self.model, self.shape):,} params) on {c.data.name} "
                  f"N={len(self.images)} {self.shape}, {self.train_cfg.num_steps} steps of batch {self.train_cfg.batch_size}")
-        params = init_params(self.model, self.shape, c.seed, self.num_classes > 0)
+        params = self._initial_params()
         grid_seeds = np.arange(self.train_cfg.num_sample_seeds)
 
         def sample_grid(ema, step):

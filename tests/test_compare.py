@@ -93,3 +93,15 @@ def test_sampler_settings_clamp_to_the_network_and_round_like_it():
     assert set(np.round(grid[:-1], 10)) <= set(np.round(pc.u, 10)) and np.all(np.diff(grid) < 0)
     with pytest.raises(ValueError, match="rho must be > 0"):
         sampler_settings(ConfigDict(dict(base, rho=0.0)), Precond("edm"))
+
+
+def test_conditional_run_without_images_of_a_sampled_class_is_refused(tmp_path):
+    sys.path.insert(0, ROOT)
+    from configs import quickstart
+    from jaxrepro.run import Job
+    c = quickstart.get_config()
+    c.data.n = 5                                   # at most 5 of the 10 classes
+    c.model = dict(name="mlp_tiny", num_classes=10)
+    with pytest.raises(ValueError, match=r"has no image of class \["):
+        Job(c, str(tmp_path / "w"), writes=True)
+    assert not os.path.exists(tmp_path / "w")
