@@ -48,6 +48,7 @@ def test_cifar_binary_archive_in_the_manual_dir(tmp_path):
     write_cifar10_archive(tmp_path / "downloads" / "manual" / "cifar-10-binary.tar.gz", imgs, labels)
     x, y = data.load_dataset("cifar10", str(tmp_path))
     np.testing.assert_array_equal(y, labels)
+    # float32 x/127.5 − 1: two roundings of values ≤ 2 in magnitude, ≤ 2·u·2 = 2.4e-7; atol 1e-6
     np.testing.assert_allclose(x, imgs / 127.5 - 1.0, atol=1e-6)
     x, y = data.load_dataset("cifar10", str(tmp_path), split="test")
     assert len(x) == 3
@@ -66,10 +67,14 @@ def test_missing_cifar_says_where_to_put_it(tmp_path):
 
 def test_molrg_lies_on_its_subspaces():
     x, labels, bases = data.molrg(n=200, dim=16, rank=2, classes=3, seed=1)
-    flat = x.reshape(200, -1)
-    proj = np.einsum("nDd,nd->nD", bases[labels], np.einsum("nDd,nD->nd", bases[labels], flat))
+    # projections and Gram matrices in float64, so only the float32 storage of x and U is left: x = U a
+    # rounded (≤ u·|x|) and U rounded (≤ u per entry, ‖a‖ ≤ 5) move U Uᵀx off x by ≤ (1 + 4·√16)·u·5 ≈ 5e-6,
+    # UᵀU off I by ≤ 2·√16·u ≈ 5e-7; atol 1e-5. A basis that is not orthonormal or a wrong label errs by O(1).
+    flat = x.reshape(200, -1).astype(np.float64)
+    b64 = bases.astype(np.float64)
+    proj = np.einsum("nDd,nd->nD", b64[labels], np.einsum("nDd,nD->nd", b64[labels], flat))
     np.testing.assert_allclose(proj, flat, atol=1e-5)
-    np.testing.assert_allclose(np.einsum("kDd,kDe->kde", bases, bases), np.broadcast_to(np.eye(2), (3, 2, 2)), atol=1e-5)
+    np.testing.assert_allclose(np.einsum("kDd,kDe->kde", b64, b64), np.broadcast_to(np.eye(2), (3, 2, 2)), atol=1e-5)
     np.testing.assert_array_equal(data.molrg(n=200, seed=1)[0], x)
     with pytest.raises(ValueError, match="classes"):
         data.molrg(dim=4, rank=2, classes=3)
