@@ -18,7 +18,10 @@ def get_config(arg=None):
     c.train = ml_collections.ConfigDict(dict(
         batch_size=64, num_steps=2000, lr=1e-3, warmup_images=64 * 200, ema_halflife_images=64 * 100,
         ema_rampup=0.05, grad_clip=0.0, augment_p=0.0, log_every=500, ckpt_every=1000, keep_ckpts=3,
-        sample_every=0, num_sample_seeds=16))
+        sample_every=0, num_sample_seeds=16,
+        # fine-tuning: regex over '/'-joined parameter paths that train ("" = all), and a run whose
+        # "ema" or "raw" parameters initialise step 0 ("" = fresh init)
+        trainable="", init_from="", init_params="ema"))
     # EDM's ablation sampler: σ grid (discretization edm | vp | ve | iddpm) over [sigma_min, sigma_max]
     # (None: the discretization's default), clamped to the network's trained σ range; time variable
     # schedule linear | vp | ve and scaling none | vp

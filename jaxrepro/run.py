@@ -179,7 +179,7 @@ class Job:
                                         log=log, name=name or "", labels=self._labels(seeds), **self.sample_kw)
 
     def ema_params(self, which="ema"):
-        """EMA (or, which="raw", raw) parameters of the newest checkpoint that restores, on this process's first device."""
+        """EMA (which="ema") or raw parameters of the newest checkpoint that restores, on the first local device."""
         params = init_params(self.model, self.shape, self.config.seed, self.num_classes > 0)
         repl = NamedSharding(distributed.data_mesh(), PartitionSpec())           # restored on every process
         like = jax.device_put(init_state(params, make_optimizer(self.train_cfg)), repl)

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import time
 from typing import Any, Optional
 
@@ -45,6 +46,9 @@ class TrainConfig:
     keep_ckpts: int = 3
     sample_every: int = 0             # sample grid from fixed seeds every k steps; 0 disables
     num_sample_seeds: int = 16
+    trainable: str = ""               # regex over '/'-joined parameter paths; only matches train ("" = all)
+    init_from: str = ""               # workdir of another run whose parameters initialise step 0 ("" = fresh init)
+    init_params: str = "ema"          # which of init_from's parameters: "ema" or "raw"
 
     def __post_init__(self):
         for name in ("batch_size", "num_steps", "log_every", "ckpt_every", "keep_ckpts"):
@@ -58,6 +62,12 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be a finite number >= 0, got {value}")
         if not 0 <= self.augment_p <= 1:
             raise ValueError(f"train.augment_p must be in [0, 1], got {self.augment_p}")
+        try:
+            re.compile(self.trainable)
+        except re.error as err:
+            raise ValueError(f"train.trainable must be a regular expression, got {self.trainable!r}: {err}") from err
+        if self.init_params not in ("ema", "raw"):
+            raise ValueError(f"train.init_params must be 'ema' or 'raw', got {self.init_params!r}")
 
 
 @flax.struct.dataclass
@@ -70,12 +80,36 @@ class TrainState:
     bad_what: jnp.ndarray         # 1: loss, 2: gradient
 
 
+def param_paths(params):
+    """'/'-joined path of every parameter leaf, as a pytree of strings shaped like params."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path), params)
+
+
+def trainable_mask(params, pattern):
+    """Pytree of bools: True where the leaf's path matches `pattern` (re.search); "" marks every leaf."""
+    return jax.tree_util.tree_map(lambda p: not pattern or re.search(pattern, p) is not None, param_paths(params))
+
+
+def check_trainable(params, pattern):
+    """Refuse a pattern that selects no parameter, listing some of the paths it could match."""
+    if pattern and not any(jax.tree_util.tree_leaves(trainable_mask(params, pattern))):
+        paths = jax.tree_util.tree_leaves(param_paths(params))
+        raise ValueError(f"train.trainable={pattern!r} matches no parameter; paths look like {paths[:6]}")
+
+
 def make_optimizer(cfg: TrainConfig):
-    """Adam with a linear warm-up measured in images, optional global-norm clipping."""
+    """Adam with a linear warm-up measured in images, optional global-norm clipping; with cfg.trainable
+    only the matching parameters get updates (the others get exact zeros and hold no Adam state)."""
     warm_steps = max(cfg.warmup_images / cfg.batch_size, 1e-8)
     schedule = lambda step: cfg.lr * jnp.minimum((step + 1) / warm_steps, 1.0)   # noqa: E731
     parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []
-    return optax.chain(*parts, optax.adam(schedule))
+    opt = optax.chain(*parts, optax.adam(schedule))
+    if not cfg.trainable:
+        return opt
+    labels = lambda params: jax.tree_util.tree_map(   # noqa: E731
+        lambda m: "train" if m else "freeze", trainable_mask(params, cfg.trainable))
+    return optax.multi_transform({"train": opt, "freeze": optax.set_to_zero()}, labels)
 
 
 def ema_beta(step, cfg: TrainConfig):
@@ -123,6 +157,10 @@ def make_train_step(apply_fn, precond: Precond, loss_cfg: LossConfig, cfg: Train
         params = optax.apply_updates(state.params, updates)
         beta = ema_beta(state.step, cfg)
         ema = jax.tree_util.tree_map(lambda e, p: beta * e + (1 - beta) * p, state.ema_params, params)
+        if cfg.trainable:   # frozen leaves stay bit-identical (p + 0 and the EMA blend could round them)
+            mask = trainable_mask(state.params, cfg.trainable)
+            pick = lambda new, old: jax.tree_util.tree_map(lambda m, a, b: a if m else b, mask, new, old)  # noqa: E731
+            params, ema = pick(params, state.params), pick(ema, state.ema_params)
         keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
         first_bad = (state.bad_step < 0) & ~ok
         new = TrainState(
@@ -164,6 +202,7 @@ def train(workdir, images, labels, apply_fn, params, precond: Precond, loss_cfg:
     if cfg.batch_size % mesh.size:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {mesh.size} devices")
     repl, shard = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    check_trainable(params, cfg.trainable)
     optimizer = make_optimizer(cfg)
     step_fn = make_train_step(apply_fn, precond, loss_cfg, cfg, optimizer, conditional)
     images, labels = np.asarray(images), np.asarray(labels, np.int32)
