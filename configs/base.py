@@ -21,7 +21,8 @@ def get_config(arg=None):
         sample_every=0, num_sample_seeds=16,
         # fine-tuning: regex over '/'-joined parameter paths that train ("" = all), and a run whose
         # "ema" or "raw" parameters initialise step 0 ("" = fresh init)
-        trainable="", init_from="", init_params="ema"))
+        trainable="", init_from="", init_params="ema",
+        compute_dtype="float32"))                                  # or bfloat16 (mixed precision on GPU/TPU)
     # EDM's ablation sampler: σ grid (discretization edm | vp | ve | iddpm) over [sigma_min, sigma_max]
     # (None: the discretization's default), clamped to the network's trained σ range; time variable
     # schedule linear | vp | ve and scaling none | vp

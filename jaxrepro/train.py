@@ -40,6 +40,7 @@ class TrainConfig:
     ema_rampup: float = 0.05          # half-life = min(h, ema_rampup · images seen); 0 disables
     grad_clip: float = 0.0            # global-norm clipping; 0 disables
     augment_p: float = 0.0            # EDM's non-leaky augmentation probability; needs augment_dim=9
+    compute_dtype: str = "float32"    # network forward/backward in float32 or bfloat16 (params, Adam, EMA, loss: float32)
     seed: int = 0
     log_every: int = 100
     ckpt_every: int = 1000
@@ -60,6 +61,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"train.{name} must be a finite number >= 0, got {value}")
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"train.compute_dtype must be float32 or bfloat16, got {self.compute_dtype!r}")
         if not 0 <= self.augment_p <= 1:
             raise ValueError(f"train.augment_p must be in [0, 1], got {self.augment_p}")
         try:
@@ -132,6 +135,12 @@ def make_train_step(apply_fn, precond: Precond, loss_cfg: LossConfig, cfg: Train
     """step(state, images [B, ...], labels [B], positions [B]) → (state, metrics); jitted, donates state."""
     base_key = jax.random.PRNGKey(cfg.seed)
 
+    def net(params, xin, *args, **kwargs):          # the network in compute_dtype; params stay float32
+        if cfg.compute_dtype == "bfloat16":
+            params = jax.tree_util.tree_map(lambda p: p.astype(jnp.bfloat16), params)
+            xin = xin.astype(jnp.bfloat16)
+        return apply_fn(params, xin, *args, **kwargs)
+
     def per_example(params, y, label, key):
         k_loss, k_drop, k_aug = jax.random.split(key, 3)
         aug = None
@@ -139,7 +148,7 @@ def make_train_step(apply_fn, precond: Precond, loss_cfg: LossConfig, cfg: Train
             y, aug = augment_lib.augment(k_aug, y, cfg.augment_p)
 
         def denoise(x, sigma):
-            return apply_denoiser(apply_fn, precond, params, x, sigma, label[None] if conditional else None,
+            return apply_denoiser(net, precond, params, x, sigma, label[None] if conditional else None,
                             True, {"dropout": k_drop}, None if aug is None else aug[None])
         return example_loss(denoise, y, k_loss, loss_cfg)
 
