@@ -28,7 +28,7 @@ from jaxrepro.train import TrainConfig, init_state, make_optimizer, train
 RESUMABLE = ("train.num_steps", "train.log_every", "train.ckpt_every", "train.keep_ckpts", "train.sample_every",
              "train.num_sample_seeds", "sample.", "compare.", "generate.", "data.data_dir")
 # Fields added after runs existed: a config.json without them holds their default.
-ADDED_DEFAULTS = {"train.trainable": "", "train.init_from": "", "train.init_params": "ema"}
+ADDED_DEFAULTS = {"train.trainable": "", "train.init_from": "", "train.init_params": "ema", "train.compute_dtype": "float32"}
 
 
 def _flat(d, prefix=""):
