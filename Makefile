@@ -28,6 +28,18 @@ quickstart: $(VENV)/.installed
 
 # the small variant of every experiment (digits, CPU); each writes results.json + PNGs under runs/experiments/
 experiments: $(VENV)/.installed
+	$(PY) experiments/regimes.py
+	$(PY) experiments/theory.py
+	$(PY) experiments/hyperplane.py
+	$(PY) experiments/churn.py
+	$(PY) experiments/cross_model.py
+	$(PY) experiments/conditional.py
+	$(PY) experiments/inverse_problems.py
+	$(PY) experiments/invertibility.py
+	$(PY) experiments/jacobian_rank.py
+	$(PY) experiments/finetune.py
+	$(PY) experiments/which_map.py
+	$(PY) experiments/disjoint.py
 
 bench: $(VENV)/.installed-test
 	$(PY) benchmarks/oracle.py
