@@ -40,6 +40,7 @@ experiments: $(VENV)/.installed
 	$(PY) experiments/finetune.py
 	$(PY) experiments/which_map.py
 	$(PY) experiments/disjoint.py
+	$(PY) experiments/smoothing.py
 
 bench: $(VENV)/.installed-test
 	$(PY) benchmarks/oracle.py

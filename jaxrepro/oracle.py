@@ -159,6 +159,14 @@ def optimal_score(x, s_t, sigma_t, data, **kw):
     return (s_t * optimal_denoiser(x / s_t, sigma_t, data, **kw) - x) / (s_t * sigma_t) ** 2
 
 
+def combine_stats(m, s, num, axis):
+    """Merge log-sum-exp statistics (m [R], s [R], num [R, F]) across mesh axis `axis` into (s, num) at the global max."""
+    # M = max_d m_d, s = Σ_d s_d e^{m_d − M}, num = Σ_d num_d e^{m_d − M}; shards with m = −inf add nothing
+    m_all = lax.pmax(m, axis)
+    w = jnp.where(jnp.isfinite(m), jnp.exp(m - m_all), 0.0)
+    return lax.psum(s * w, axis), lax.psum(num * w[..., None], axis)
+
+
 def sharded_optimal_denoiser(data, mesh, axis="data", *, chunk=DEFAULT_CHUNK,
                              num_exact=DEFAULT_NUM_EXACT):
     """D(x, σ) with the training set split over `mesh` axis `axis`, queries replicated.
