@@ -134,13 +134,7 @@ def panels_figure(panels, path, logx=True, suptitle=""):
         ax.set(title=title, ylabel=ylabel, xlabel=xlabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=9)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return _finish(fig, path, suptitle)
 
 
 def heatmaps(mats, names, path, suptitle=""):
@@ -159,6 +153,12 @@ def heatmaps(mats, names, path, suptitle=""):
         ax.set_xticks(range(k), names, rotation=60, ha="right", fontsize=7)
         ax.set_yticks(range(k), names, fontsize=7)
         ax.set_title(title, fontsize=9)
+    return _finish(fig, path, suptitle)
+
+
+def _finish(fig, path, suptitle):
+    """Title, layout, save (dpi 80, folders made) and close a figure; returns the path."""
+    import matplotlib.pyplot as plt
     if suptitle:
         fig.suptitle(suptitle, fontsize=9)
     fig.tight_layout()

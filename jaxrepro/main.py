@@ -3,10 +3,8 @@
 Modes: train | sample | compare | generate | info | all (train, then compare). Dispatch only; the
 work lives in jaxrepro.run.
 """
-import json
 import os
 
-import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -33,7 +31,7 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     config, mode = _CONFIG.value, _MODE.value
     if config is None and _WORKDIR.value and os.path.exists(os.path.join(_WORKDIR.value, "config.json")):
-        config = workdir_config(_WORKDIR.value)     # a run made elsewhere, e.g. by python -m jaxrepro.interop
+        config = run.load_workdir_config(_WORKDIR.value)     # a run made elsewhere, e.g. by python -m jaxrepro.interop
     if config is None:
         raise app.UsageError("--config is required (or a --workdir holding a config.json), "
                              "e.g. --config=configs/quickstart.py")
@@ -61,17 +59,6 @@ def _dispatch(config, mode):
         job.compare()
     if mode == "generate":
         job.generate()
-
-
-def workdir_config(workdir):
-    """The ConfigDict of a workdir's config.json (JSON lists back to tuples, as the config files write them)."""
-    def tuples(v):
-        if isinstance(v, dict):
-            return {k: tuples(x) for k, x in v.items()}
-        return tuple(tuples(x) for x in v) if isinstance(v, list) else v
-
-    with open(os.path.join(workdir, "config.json")) as f:
-        return ml_collections.ConfigDict(tuples(json.load(f)))
 
 
 def parse_flags(argv):
