@@ -190,3 +190,23 @@ def test_import_command_writes_a_vp_run_that_compare_reopens(tmp_path):
     out = module("jaxrepro.main", f"--workdir={wd}", "--mode=compare")
     assert out.returncode == 0 and "same-image rate" in out.stdout, out.stderr[-3000:]
     assert json.load(open(os.path.join(wd, "compare.json")))["num_seeds"] == 3
+
+
+def test_pair_rp_pairs_two_runs_by_seed(tmp_path):
+    """experiments/pair_rp.py: identical samples → RP 1; a shifted copy of other seeds' images → refused / low."""
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
+    from pair_rp import pair_rp
+
+    from jaxrepro.data import save_npz
+    from jaxrepro.descriptors import get_descriptor
+    x = np.random.default_rng(0).uniform(-1, 1, (20, 8, 8, 1)).astype(np.float32)
+    for name, images, seeds in [("a", x, np.arange(20)), ("b", x, np.arange(20)), ("c", np.roll(x, 1, 0), np.arange(20)),
+                                ("d", x, np.arange(1, 21))]:
+        os.makedirs(tmp_path / name)
+        save_npz(str(tmp_path / name / "samples.npz"), images, np.zeros(20, np.int32), seeds=seeds)
+    desc = get_descriptor("pixel_l2")
+    assert pair_rp(str(tmp_path / "a"), str(tmp_path / "b"), desc)["rp"] == 1.0
+    assert pair_rp(str(tmp_path / "a"), str(tmp_path / "c"), desc)["rp"] == 0.0   # independent uniform images
+    with pytest.raises(ValueError, match="seeds differ"):
+        pair_rp(str(tmp_path / "a"), str(tmp_path / "d"), desc)
