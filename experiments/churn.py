@@ -9,12 +9,11 @@ model B with churn — the churn noise shared (same churn seeds) and independent
 Writes results.json and churn.png. small: sampling only once regimes has run (≈ 1 min). paper: 7 × 4 ×
 10K samples per N on regimes' models (≈ 2 GPU-hours).
 """
-import os
 
 import numpy as np
 
 import repro_tools as rt
-from common import Progress, write_results
+from common import Progress
 from configs.experiments import churn as churn_config
 from jaxrepro.samplers import latents_from_seeds, sample
 
@@ -67,12 +66,7 @@ def figure(res, path):
 
 
 def main():
-    args = rt.parse_args(__doc__, "churn")
-    cfg = churn_config.get_config(args.config)
-    cfg.out_dir, cfg.models_dir = args.out or cfg.out_dir, args.models or cfg.models_dir
-    res = run(cfg)
-    write_results(cfg.out_dir, res)
-    print("wrote", figure(res, os.path.join(cfg.out_dir, "churn.png")), "and results.json")
+    rt.experiment_main(__doc__, "churn", churn_config, run, figure)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import os
 import numpy as np
 
 import repro_tools as rt
-from common import Progress, write_results
+from common import Progress
 from configs.experiments import conditional as conditional_config
 from jaxrepro import metrics
 
@@ -90,12 +90,7 @@ def figure(res, path):
 
 
 def main():
-    args = rt.parse_args(__doc__, "conditional")
-    cfg = conditional_config.get_config(args.config)
-    cfg.out_dir, cfg.models_dir = args.out or cfg.out_dir, args.models or cfg.models_dir
-    res = run(cfg)
-    write_results(cfg.out_dir, res)
-    print("wrote", figure(res, os.path.join(cfg.out_dir, "conditional.png")), "and results.json")
+    rt.experiment_main(__doc__, "conditional", conditional_config, run, figure)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import os
 import numpy as np
 
 import repro_tools as rt
-from common import Progress, write_results
+from common import Progress
 from configs.experiments import disjoint as disjoint_config
 from jaxrepro import data as data_lib
 
@@ -83,12 +83,7 @@ def figure(res, path):
 
 
 def main():
-    args = rt.parse_args(__doc__, "disjoint")
-    cfg = disjoint_config.get_config(args.config)
-    cfg.out_dir, cfg.models_dir = args.out or cfg.out_dir, args.models or cfg.models_dir
-    res = run(cfg)
-    write_results(cfg.out_dir, res)
-    print("wrote", figure(res, os.path.join(cfg.out_dir, "disjoint.png")), "and results.json")
+    rt.experiment_main(__doc__, "disjoint", disjoint_config, run, figure)
 
 
 if __name__ == "__main__":

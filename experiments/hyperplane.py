@@ -14,7 +14,6 @@ import os
 import numpy as np
 
 import repro_tools as rt
-from common import write_results
 from configs.experiments import hyperplane as hyperplane_config
 from jaxrepro.hyperplane import agreement, basin_map, plane_latents
 from jaxrepro.samplers import latents_from_seeds
@@ -65,12 +64,7 @@ def figure(res, path):
 
 
 def main():
-    args = rt.parse_args(__doc__, "hyperplane")
-    cfg = hyperplane_config.get_config(args.config)
-    cfg.out_dir, cfg.models_dir = args.out or cfg.out_dir, args.models or cfg.models_dir
-    res = run(cfg)
-    write_results(cfg.out_dir, res)
-    print("wrote", figure(res, os.path.join(cfg.out_dir, "hyperplane.png")), "and results.json")
+    rt.experiment_main(__doc__, "hyperplane", hyperplane_config, run, figure)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import repro_tools as rt
 from common import Progress, write_results
 from configs.experiments import inverse_problems as inverse_config
 from jaxrepro import data as data_lib
-from jaxrepro import metrics, plots
+from jaxrepro import plots
 from jaxrepro.inverse import dps_sample, make_operator
 from jaxrepro.kernels import edm_sigmas
 from jaxrepro.samplers import latents_from_seeds

@@ -14,12 +14,11 @@ rate between the capacities (same seeds), GL of each model and of the oracle (Gu
 1 − P(max_i M > threshold)) and the denoiser gap E‖D_θ − D*‖² over the σ grid; results.json and
 regimes.png go to the output folder.
 """
-import os
 
 import numpy as np
 
 import repro_tools as rt
-from common import Progress, write_results
+from common import Progress
 from configs.experiments import regimes as regimes_config
 from jaxrepro.compare import denoiser_gap
 
@@ -68,12 +67,7 @@ def figure(res, path):
 
 
 def main():
-    args = rt.parse_args(__doc__, "regimes")
-    cfg = regimes_config.get_config(args.config)
-    cfg.out_dir, cfg.models_dir = args.out or cfg.out_dir, args.models or cfg.models_dir
-    res = run(cfg)
-    write_results(cfg.out_dir, res)
-    print("wrote", figure(res, os.path.join(cfg.out_dir, "regimes.png")), "and results.json")
+    rt.experiment_main(__doc__, "regimes", regimes_config, run, figure)
 
 
 if __name__ == "__main__":

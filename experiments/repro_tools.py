@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from common import ROOT, digits_config, trained_job  # noqa: F401  (ROOT puts configs/ on sys.path)
+from common import ROOT, digits_config, trained_job, write_results  # noqa: F401  (ROOT puts configs/ on sys.path)
 from configs import cifar_small
 from jaxrepro import metrics
 from jaxrepro.compare import sample_seeds
@@ -118,6 +118,16 @@ def parse_args(doc, default_name):
     p.add_argument("--out", default=None, help=f"output folder (default runs/experiments/{default_name})")
     p.add_argument("--models", default=None, help="folder of the model run directories")
     return p.parse_args()
+
+
+def experiment_main(doc, name, config_module, run, figure):
+    """An experiment's command line: config variant → run(cfg) → results.json and figure(res, path) as NAME.png."""
+    args = parse_args(doc, name)
+    cfg = config_module.get_config(args.config)
+    cfg.out_dir, cfg.models_dir = args.out or cfg.out_dir, args.models or cfg.models_dir
+    res = run(cfg)
+    write_results(cfg.out_dir, res)
+    print("wrote", figure(res, os.path.join(cfg.out_dir, f"{name}.png")), "and results.json")
 
 
 def panels_figure(panels, path, logx=True, suptitle=""):

@@ -9,12 +9,11 @@ the denoiser gap E‖D_θ − D*‖² at every σ of the grid. Writes results.js
 solver pairing; gap vs σ per N). small: sampling only once regimes has run (≈ 1 min; ≈ 5 min otherwise).
 paper: as regimes (≈ 90 GPU-hours when it trains the models itself; ≈ 3 GPU-hours of sampling otherwise).
 """
-import os
 
 import numpy as np
 
 import repro_tools as rt
-from common import Progress, write_results
+from common import Progress
 from configs.experiments import theory as theory_config
 from jaxrepro.compare import denoiser_gap
 
@@ -55,12 +54,7 @@ def figure(res, path):
 
 
 def main():
-    args = rt.parse_args(__doc__, "theory")
-    cfg = theory_config.get_config(args.config)
-    cfg.out_dir, cfg.models_dir = args.out or cfg.out_dir, args.models or cfg.models_dir
-    res = run(cfg)
-    write_results(cfg.out_dir, res)
-    print("wrote", figure(res, os.path.join(cfg.out_dir, "theory.png")), "and results.json")
+    rt.experiment_main(__doc__, "theory", theory_config, run, figure)
 
 
 if __name__ == "__main__":

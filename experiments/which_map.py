@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import repro_tools as rt
-from common import Progress, trained_job, write_results
+from common import Progress, trained_job
 from configs import molrg as molrg_config
 from configs.experiments import which_map as which_map_config
 from jaxrepro import data as data_lib
@@ -178,12 +178,7 @@ def figure(res, path):
 
 
 def main():
-    args = rt.parse_args(__doc__, "which_map")
-    cfg = which_map_config.get_config(args.config)
-    cfg.out_dir, cfg.models_dir = args.out or cfg.out_dir, args.models or cfg.models_dir
-    res = run(cfg)
-    write_results(cfg.out_dir, res)
-    print("wrote", figure(res, os.path.join(cfg.out_dir, "which_map.png")), "and results.json")
+    rt.experiment_main(__doc__, "which_map", which_map_config, run, figure)
 
 
 if __name__ == "__main__":
