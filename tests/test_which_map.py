@@ -13,6 +13,7 @@ sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import disjoint  # noqa: E402
 import smoothing  # noqa: E402
 import which_map  # noqa: E402
+from common import write_results  # noqa: E402
 from configs.experiments import disjoint as disjoint_config  # noqa: E402
 from configs.experiments import smoothing as smoothing_config  # noqa: E402
 from configs.experiments import which_map as which_map_config  # noqa: E402
@@ -82,7 +83,7 @@ def test_which_map_end_to_end_tiny(tmp_path):
         if isinstance(rec, dict):
             assert all(np.isfinite(v) and v >= 0 for v in rec["gap"].values()) and len(rec["r2"]) == 7
     assert "tiny" in res["molrg_crossover_n"]
-    which_map.write_results(cfg.out_dir, res)
+    write_results(cfg.out_dir, res)
     png = which_map.figure(res, os.path.join(cfg.out_dir, "which_map.png"))
     assert os.path.getsize(png) > 1000
     with open(os.path.join(cfg.out_dir, "results.json")) as f:
