@@ -13,7 +13,6 @@ Writes results.json and conditional.png.
 small: 2 conditional MLPs × 4000 steps per N (≈ 2 min on 2 CPU cores). paper: 2 DDPM++ × 2 N, 390k
 steps each (≈ 16 A100-hours) + 11 × 10K samples per model.
 """
-import os
 
 import numpy as np
 
@@ -82,11 +81,7 @@ def figure(res, path):
         ax.set_yticks(range(len(items)), [k for k, _ in items], fontsize=6)
         ax.set_xlim(0, 1)
         ax.set_title(f"N = {r['n']} ({r['num_seeds']} seeds)", fontsize=9)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return rt.save_figure(fig, path)
 
 
 def main():

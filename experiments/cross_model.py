@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 import repro_tools as rt
-from common import Progress, write_results
+from common import Progress
 from configs.experiments import cross_model as cross_model_config
 
 
@@ -73,11 +73,7 @@ def run(cfg, log=print):
 
 
 def main():
-    args = rt.parse_args(__doc__, "cross_model")
-    cfg = cross_model_config.get_config(args.config)
-    cfg.out_dir, cfg.models_dir = args.out or cfg.out_dir, args.models or cfg.models_dir
-    res = run(cfg)
-    print("wrote", write_results(cfg.out_dir, res), "and cross_model_n*.png")
+    rt.experiment_main(__doc__, "cross_model", cross_model_config, run, figures="cross_model_n*.png")
 
 
 if __name__ == "__main__":

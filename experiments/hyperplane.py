@@ -9,7 +9,6 @@ the fraction of the plane where the two models' basins agree, and where each agr
 Writes results.json and hyperplane.png. small: ≈ 30 s of sampling once regimes has run. paper: 1,600
 samples per denoiser at 32×32 (minutes on a GPU) plus regimes' models.
 """
-import os
 
 import numpy as np
 
@@ -56,11 +55,7 @@ def figure(res, path):
         ax.set_xlabel("α")
         ax.set_ylabel("β")
     fig.suptitle("basins: colour = nearest training image of the sample at ε(α, β)", fontsize=9)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=70)
-    plt.close(fig)
-    return path
+    return rt.save_figure(fig, path, dpi=70)
 
 
 def main():

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import repro_tools as rt
-from common import Progress, write_results
+from common import Progress
 from configs.experiments import inverse_problems as inverse_config
 from jaxrepro import data as data_lib
 from jaxrepro import plots
@@ -84,11 +84,7 @@ def run(cfg, log=print):
 
 
 def main():
-    args = rt.parse_args(__doc__, "inverse_problems")
-    cfg = inverse_config.get_config(args.config)
-    cfg.out_dir, cfg.models_dir = args.out or cfg.out_dir, args.models or cfg.models_dir
-    res = run(cfg)
-    print("wrote", write_results(cfg.out_dir, res), "and inverse_problems_n*.png")
+    rt.experiment_main(__doc__, "inverse_problems", inverse_config, run, figures="inverse_problems_n*.png")
 
 
 if __name__ == "__main__":

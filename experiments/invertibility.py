@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 import repro_tools as rt
-from common import Progress, write_results
+from common import Progress
 from configs.experiments import invertibility as invert_config
 from jaxrepro import plots
 from jaxrepro.inverse import decode, encode, encoding_agreement, rms
@@ -80,11 +80,7 @@ def run(cfg, log=print):
 
 
 def main():
-    args = rt.parse_args(__doc__, "invertibility")
-    cfg = invert_config.get_config(args.config)
-    cfg.out_dir, cfg.models_dir = args.out or cfg.out_dir, args.models or cfg.models_dir
-    res = run(cfg)
-    print("wrote", write_results(cfg.out_dir, res), "and invertibility_n*.png")
+    rt.experiment_main(__doc__, "invertibility", invert_config, run, figures="invertibility_n*.png")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 import repro_tools as rt
-from common import Progress, write_results
+from common import Progress
 from configs.experiments import jacobian_rank as jacobian_config
 from jaxrepro.jacobian import spectra
 from jaxrepro.oracle import make_optimal_denoiser
@@ -75,11 +75,7 @@ def _subset(cfg, n):
 
 
 def main():
-    args = rt.parse_args(__doc__, "jacobian_rank")
-    cfg = jacobian_config.get_config(args.config)
-    cfg.out_dir, cfg.models_dir = args.out or cfg.out_dir, args.models or cfg.models_dir
-    res = run(cfg)
-    print("wrote", write_results(cfg.out_dir, res), "and jacobian_rank.png")
+    rt.experiment_main(__doc__, "jacobian_rank", jacobian_config, run, figures="jacobian_rank.png")
 
 
 if __name__ == "__main__":

@@ -120,14 +120,16 @@ def parse_args(doc, default_name):
     return p.parse_args()
 
 
-def experiment_main(doc, name, config_module, run, figure):
-    """An experiment's command line: config variant → run(cfg) → results.json and figure(res, path) as NAME.png."""
+def experiment_main(doc, name, config_module, run, figure=None, figures=None):
+    """An experiment's command line: config variant → run(cfg) → results.json, and figure(res, path) as NAME.png
+    (or, figure=None, the figures run wrote itself, named by `figures`)."""
     args = parse_args(doc, name)
     cfg = config_module.get_config(args.config)
     cfg.out_dir, cfg.models_dir = args.out or cfg.out_dir, args.models or cfg.models_dir
     res = run(cfg)
-    write_results(cfg.out_dir, res)
-    print("wrote", figure(res, os.path.join(cfg.out_dir, f"{name}.png")), "and results.json")
+    path = write_results(cfg.out_dir, res)
+    drawn = figure(res, os.path.join(cfg.out_dir, f"{name}.png")) if figure else figures
+    print("wrote", path, "and", drawn)
 
 
 def panels_figure(panels, path, logx=True, suptitle=""):
@@ -144,7 +146,7 @@ def panels_figure(panels, path, logx=True, suptitle=""):
         ax.set(title=title, ylabel=ylabel, xlabel=xlabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    return _finish(fig, path, suptitle)
+    return save_figure(fig, path, suptitle)
 
 
 def heatmaps(mats, names, path, suptitle=""):
@@ -163,16 +165,16 @@ def heatmaps(mats, names, path, suptitle=""):
         ax.set_xticks(range(k), names, rotation=60, ha="right", fontsize=7)
         ax.set_yticks(range(k), names, fontsize=7)
         ax.set_title(title, fontsize=9)
-    return _finish(fig, path, suptitle)
+    return save_figure(fig, path, suptitle)
 
 
-def _finish(fig, path, suptitle):
-    """Title, layout, save (dpi 80, folders made) and close a figure; returns the path."""
+def save_figure(fig, path, suptitle="", dpi=80):
+    """Title, layout, save (folders made) and close a figure; returns the path."""
     import matplotlib.pyplot as plt
     if suptitle:
         fig.suptitle(suptitle, fontsize=9)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
