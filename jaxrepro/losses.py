@@ -55,10 +55,22 @@ def loss_weight(sigma, cfg: LossConfig):
     return (sigma ** 2 + sd ** 2) / (sigma * sd) ** 2
 
 
+def draw_noise(keys, shape, cfg: LossConfig):
+    """(σ [B], n [B, *shape]) with example j's σ and noise drawn from keys[j] alone."""
+    def one(key):
+        k_sigma, k_noise = jax.random.split(key)
+        sigma = sample_sigma(k_sigma, (), cfg)
+        return sigma, sigma * jax.random.normal(k_noise, shape)
+    return jax.vmap(one)(keys)
+
+
+def batch_loss(denoise, y, keys, cfg: LossConfig):
+    """λ(σ_j)‖D(y_j + n_j; σ_j) − y_j‖² per example [B], one batched D(x [B, ...], σ [B]) call."""
+    sigma, n = draw_noise(keys, y.shape[1:], cfg)
+    d = denoise(y + n.astype(y.dtype), sigma.astype(y.dtype))
+    return loss_weight(sigma, cfg) * jnp.sum((d - y) ** 2, axis=tuple(range(1, y.ndim)))
+
+
 def example_loss(denoise, y, key, cfg: LossConfig):
     """λ(σ)‖D(y + n; σ) − y‖² for one example y [*image] with its own key; D(x [1, ...], σ [1])."""
-    k_sigma, k_noise = jax.random.split(key)
-    sigma = sample_sigma(k_sigma, (), cfg)
-    n = sigma * jax.random.normal(k_noise, y.shape, y.dtype)
-    d = denoise((y + n)[None], sigma[None])[0]
-    return loss_weight(sigma, cfg) * jnp.sum((d - y) ** 2)
+    return batch_loss(denoise, y[None], key[None], cfg)[0]

@@ -74,14 +74,17 @@ class Precond:
 
 
 def apply_denoiser(apply_fn, precond, params, x, sigma, labels=None, train=False, rngs=None,
-                   augment_labels=None):
-    """D(x; σ) = c_skip x + c_out F(c_in x, c_noise); x [B, ...], sigma scalar or [B]."""
+                   augment_labels=None, example_ids=None):
+    """D(x; σ) = c_skip x + c_out F(c_in x, c_noise); x [B, ...], sigma scalar or [B]; example_ids [B] key
+    each example's dropout (training)."""
     sigma = jnp.broadcast_to(jnp.asarray(sigma, x.dtype), (x.shape[0],))
     c_skip, c_out, c_in, c_noise = precond.coefficients(sigma)
     bshape = (-1,) + (1,) * (x.ndim - 1)
     kwargs = {} if rngs is None else {"rngs": rngs}
     if augment_labels is not None:
         kwargs["augment_labels"] = augment_labels
+    if example_ids is not None:
+        kwargs["example_ids"] = example_ids
     f = apply_fn(params, c_in.reshape(bshape) * x, c_noise, labels, train, **kwargs)
     if precond.kind == "iddpm":          # the network predicts 2C channels; the first C are ε
         f = f[..., :x.shape[-1]]

@@ -1,9 +1,11 @@
 """Training: train state with EMA, a jitted data-parallel step, the loop with checkpoints and records.
 
 Determinism: example j of the data stream (global position p = step·B + j) draws its σ, noise,
-dropout and augmentation from fold_in(fold_in(key(seed), step), p), and the batch at each step
-is a pure function of (seed, step) — so results do not depend on how the batch is split over
-devices, and a resumed run continues bit-identically.
+dropout mask and augmentation from (seed, step, p) alone, and the batch at each step is a pure
+function of (seed, step) — so results do not depend on how the batch is split over devices or
+micro-batches (up to the order of the gradient sum), and a resumed run continues bit-identically.
+The network runs batched (one call per micro-batch); dropout masks are per-example by
+`models.layers.dropout`'s example_ids.
 """
 import contextlib
 import dataclasses
@@ -24,8 +26,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxrepro import augment as augment_lib
 from jaxrepro import distributed
 from jaxrepro.checkpoint import Checkpointer, set_aside
-from jaxrepro.losses import LossConfig, example_loss
+from jaxrepro.losses import LossConfig, batch_loss
 from jaxrepro.precond import Precond, apply_denoiser
+from jaxrepro.trainable import check_trainable, param_paths, trainable_mask  # noqa: F401 (param_paths re-exported)
 from jaxrepro.workdir import WorkdirLock, trim_records
 
 
@@ -33,6 +36,7 @@ from jaxrepro.workdir import WorkdirLock, trim_records
 class TrainConfig:
     """Optimisation and bookkeeping settings (EDM's recipe as defaults where it applies)."""
     batch_size: int = 128
+    micro_batch: int = 0              # rows per gradient-accumulation pass inside the step (lax.scan); 0 = whole batch
     num_steps: int = 1000
     lr: float = 1e-3
     warmup_images: int = 10_000_000   # linear lr warm-up length, in images
@@ -55,6 +59,9 @@ class TrainConfig:
         for name in ("batch_size", "num_steps", "log_every", "ckpt_every", "keep_ckpts"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.micro_batch < 0 or (self.micro_batch and self.batch_size % self.micro_batch):
+            raise ValueError(f"train.micro_batch must be 0 (off) or divide batch_size={self.batch_size}, "
+                             f"got {self.micro_batch}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"train.lr must be a finite number > 0, got {self.lr}")
         for name in ("warmup_images", "ema_halflife_images", "ema_rampup", "grad_clip", "sample_every"):
@@ -81,24 +88,6 @@ class TrainState:
     opt_state: Any
     bad_step: jnp.ndarray         # first step with a non-finite loss/gradient, −1 if none
     bad_what: jnp.ndarray         # 1: loss, 2: gradient
-
-
-def param_paths(params):
-    """'/'-joined path of every parameter leaf, as a pytree of strings shaped like params."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path), params)
-
-
-def trainable_mask(params, pattern):
-    """Pytree of bools: True where the leaf's path matches `pattern` (re.search); "" marks every leaf."""
-    return jax.tree_util.tree_map(lambda p: not pattern or re.search(pattern, p) is not None, param_paths(params))
-
-
-def check_trainable(params, pattern):
-    """Refuse a pattern that selects no parameter, listing some of the paths it could match."""
-    if pattern and not any(jax.tree_util.tree_leaves(trainable_mask(params, pattern))):
-        paths = jax.tree_util.tree_leaves(param_paths(params))
-        raise ValueError(f"train.trainable={pattern!r} matches no parameter; paths look like {paths[:6]}")
 
 
 def make_optimizer(cfg: TrainConfig):
@@ -141,25 +130,44 @@ def make_train_step(apply_fn, precond: Precond, loss_cfg: LossConfig, cfg: Train
             xin = xin.astype(jnp.bfloat16)
         return apply_fn(params, xin, *args, **kwargs)
 
-    def per_example(params, y, label, key):
-        k_loss, k_drop, k_aug = jax.random.split(key, 3)
-        aug = None
+    def loss_fn(params, key, images, labels, positions):
+        """Σ_j loss_j over these rows (not yet divided by B); example j's randomness from (key, positions[j])."""
+        k_examples, k_dropout = jax.random.split(key)
+        keys = jax.vmap(lambda p: jax.random.split(jax.random.fold_in(k_examples, p), 2))(positions)   # [b, 2]
+        y, aug = images, None
         if cfg.augment_p > 0:
-            y, aug = augment_lib.augment(k_aug, y, cfg.augment_p)
+            y, aug = jax.vmap(augment_lib.augment, in_axes=(0, 0, None))(keys[:, 1], images, cfg.augment_p)
 
         def denoise(x, sigma):
-            return apply_denoiser(net, precond, params, x, sigma, label[None] if conditional else None,
-                            True, {"dropout": k_drop}, None if aug is None else aug[None])
-        return example_loss(denoise, y, k_loss, loss_cfg)
+            return apply_denoiser(net, precond, params, x, sigma, labels if conditional else None, True,
+                                  {"dropout": k_dropout}, aug, example_ids=positions)
+        return jnp.sum(batch_loss(denoise, y, keys[:, 0], loss_cfg))
+
+    def loss_and_grads(params, key, images, labels, positions):
+        """Mean loss over the batch and its gradient, accumulated over micro-batches of cfg.micro_batch rows."""
+        b = images.shape[0]
+        m = cfg.micro_batch or b
+        grad_fn = jax.value_and_grad(loss_fn)
+        if m == b:
+            total, grads = grad_fn(params, key, images, labels, positions)
+        else:   # micro-batch i = rows {j·k + i}: each keeps the batch's spread over devices (rows stay local)
+            micro = lambda a: jnp.swapaxes(a.reshape(m, b // m, *a.shape[1:]), 0, 1)   # noqa: E731  [k, m, ...]
+
+            def body(acc, rows):
+                value, g = grad_fn(params, key, *rows)
+                return jax.tree_util.tree_map(jnp.add, acc, (value, g)), None
+            shapes = jax.eval_shape(grad_fn, params, key, *(a[:m] for a in (images, labels, positions)))
+            zero = jax.tree_util.tree_map(lambda t: jnp.zeros(t.shape, t.dtype), shapes)
+            # XLA:CPU runs a rolled loop around convolutions pathologically (a 2-iteration DDPM++ scan compiled
+            # for > 9 min); there the loop is unrolled (k copies of the step), elsewhere it stays rolled
+            unroll = b // m if jax.default_backend() == "cpu" else 1
+            (total, grads), _ = jax.lax.scan(body, zero, (micro(images), micro(labels), micro(positions)),
+                                             unroll=unroll)
+        return total / b, jax.tree_util.tree_map(lambda g: g / b, grads)
 
     def step(state, images, labels, positions):
         key = jax.random.fold_in(base_key, state.step)
-        keys = jax.vmap(lambda p: jax.random.fold_in(key, p))(positions)
-
-        def loss_fn(params):
-            return jnp.mean(jax.vmap(per_example, in_axes=(None, 0, 0, 0))(params, images, labels, keys))
-
-        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        loss, grads = loss_and_grads(state.params, key, images, labels, positions)
         grad_norm = optax.tree.norm(grads)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (state.bad_step < 0)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -208,8 +216,9 @@ def train(workdir, images, labels, apply_fn, params, precond: Precond, loss_cfg:
     """
     n = len(images)
     mesh = distributed.data_mesh(devices)                            # every device of every process
-    if cfg.batch_size % mesh.size:
-        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {mesh.size} devices")
+    if cfg.batch_size % mesh.size or (cfg.micro_batch or cfg.batch_size) % mesh.size:
+        raise ValueError(f"batch_size {cfg.batch_size} and micro_batch {cfg.micro_batch} must be divisible by the "
+                         f"{mesh.size} devices")
     repl, shard = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     check_trainable(params, cfg.trainable)
     optimizer = make_optimizer(cfg)

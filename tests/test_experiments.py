@@ -162,3 +162,16 @@ def test_conditional_oracle_stays_in_class(models, tmp_path):
     # a memorizing conditional model lands on the conditional oracle's image
     assert row["rp_cond"]["c128|oracle_cond"]["same_image_rate"] >= 0.7
     assert os.path.getsize(conditional.figure(res, os.path.join(cfg.out_dir, "conditional.png"))) > 1000
+
+
+def test_decision_sigma_hybrid_switches_per_row_at_s():
+    """The hybrid denoiser is `high` exactly where σ > s (row by row, σ = s goes low), `low` elsewhere."""
+    import jax
+    import jax.numpy as jnp
+    import decision_sigma
+    high = jax.tree_util.Partial(lambda x, sigma, labels=None: jnp.ones_like(x))
+    low = jax.tree_util.Partial(lambda x, sigma, labels=None: -jnp.ones_like(x))
+    den = decision_sigma.hybrid(high, low, 1.0)
+    out = np.asarray(den(jnp.zeros((4, 2, 2, 1)), jnp.array([0.5, 2.0, 1.0, 1.0001])))
+    np.testing.assert_array_equal(out[:, 0, 0, 0], [-1, 1, -1, 1])
+    assert np.asarray(den(jnp.zeros((1, 2, 2, 1)), 3.0)).min() == 1          # scalar σ broadcast to the batch

@@ -97,3 +97,19 @@ def test_bad_model_input_is_refused():
     with pytest.raises(ValueError, match="patch size"):
         um = get_model("uvit_tiny")
         um.init(jax.random.PRNGKey(0), jnp.zeros((1, 7, 7, 3)), jnp.zeros(1))
+
+
+def test_dropout_mask_of_an_example_does_not_depend_on_its_batch():
+    """With example_ids, example j's dropout and label-dropout draws depend only on (layer key, id j): the
+    same example in another batch, at another row, gives the bit-identical output; without ids they differ."""
+    model = get_model("mlp_tiny", dropout=0.5, num_classes=3, label_dropout=0.5)
+    params = init_params(model, (4, 4, 1), 0)
+    x = jax.random.normal(jax.random.PRNGKey(1), (8, 4, 4, 1))
+    c, labels, ids = jnp.linspace(-1, 1, 8), jnp.arange(8) % 3, jnp.arange(100, 108)
+    rngs = {"dropout": jax.random.PRNGKey(2)}
+    run = lambda rows, with_ids: model.apply(params, x[rows], c[rows], labels[rows], True,   # noqa: E731
+                                             example_ids=ids[rows] if with_ids else None, rngs=rngs)
+    full, part = run(np.arange(8), True), run(np.array([5, 2]), True)
+    np.testing.assert_array_equal(np.asarray(part), np.asarray(full)[[5, 2]])
+    full, part = run(np.arange(8), False), run(np.array([5, 2]), False)
+    assert not np.allclose(np.asarray(part), np.asarray(full)[[5, 2]])

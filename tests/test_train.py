@@ -17,11 +17,11 @@ from jaxrepro.train import NonFiniteError, TrainConfig, batch_positions, ema_bet
 SHAPE = (4, 4, 1)
 
 
-def setup(n=24, seed=0):
+def setup(n=24, seed=0, **model_kw):
     rng = np.random.default_rng(seed)
     images = rng.uniform(-1, 1, (n, *SHAPE)).astype(np.float32)
-    labels = np.zeros(n, np.int32)
-    model = get_model("mlp_tiny")
+    labels = rng.integers(0, model_kw.get("num_classes", 1), n).astype(np.int32)
+    model = get_model("mlp_tiny", **model_kw)
     return images, labels, ModelApply(model), init_params(model, SHAPE, 0)
 
 
@@ -122,8 +122,10 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     assert max(steps) == first
 
 
-def test_data_parallel_matches_one_device():
-    """5 steps on 8 forced CPU devices equal the 1-device run for the same global batch.
+def test_data_parallel_and_micro_batches_match_one_device():
+    """5 steps on 8 forced CPU devices, and on 8 devices in 2 micro-batches of 8, equal the 1-device run for
+    the same global batch — with dropout and label dropout on, so every example's mask must come from its
+    own stream position, not from where it sits in the batch (a batch-wide mask would differ by O(1)).
 
     The two runs differ only in the order in which the batch gradient is summed (per device, then
     across devices). The run is in float64 so that this reordering stays ≤ B·eps64·Σ|g| ≈ 4e-15 of
@@ -140,15 +142,18 @@ def test_data_parallel_matches_one_device():
         from jaxrepro.losses import LossConfig
         from jaxrepro.precond import Precond
         from jaxrepro.train import TrainConfig, train
-        imgs, labels, apply_fn, params = setup()
+        imgs, labels, apply_fn, params = setup(dropout=0.3, num_classes=3, label_dropout=0.3)
         params = jax.tree_util.tree_map(lambda p: jnp.asarray(p, jnp.float64), params)
         imgs = imgs.astype(np.float64)
         cfg = TrainConfig(batch_size=16, num_steps=5, lr=1e-2, warmup_images=40, log_every=5, ckpt_every=5)
+        micro = TrainConfig(**{{**cfg.__dict__, "micro_batch": 8}})
+        runs = [(cfg, jax.devices()[:1]), (cfg, jax.devices()), (micro, jax.devices())]
         outs = [train(tempfile.mkdtemp(), imgs, labels, apply_fn, params, Precond("edm"), LossConfig("edm"),
-                      cfg, log=lambda *_: None, devices=d) for d in (jax.devices()[:1], jax.devices())]
+                      c, conditional=True, log=lambda *_: None, devices=d) for c, d in runs]
         assert all(a.dtype == np.float64 for a in leaves(outs[0]) if a.dtype.kind == "f")
-        for a, b in zip(leaves(outs[0]), leaves(outs[1])):
-            np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-12)
+        for other in outs[1:]:
+            for a, b in zip(leaves(outs[0]), leaves(other)):
+                np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-12)
         print("OK")
     """)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")

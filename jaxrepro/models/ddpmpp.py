@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrepro.models.layers import check_labels, drop_labels, group_norm, positional_embedding
+from jaxrepro.models.layers import check_labels, drop_labels, dropout, group_norm, positional_embedding
 
 SKIP_SCALE = np.sqrt(0.5)
 _init = nn.initializers.xavier_uniform()
@@ -38,7 +38,7 @@ class UNetBlock(nn.Module):
     dropout: float = 0.0
 
     @nn.compact
-    def __call__(self, x, emb, train=False):
+    def __call__(self, x, emb, train=False, example_ids=None):
         c_in, c_out = x.shape[-1], self.out_channels
         orig = x
         h = nn.silu(group_norm(c_in, name="norm0")(x))
@@ -49,7 +49,7 @@ class UNetBlock(nn.Module):
         h = nn.Conv(c_out, (3, 3), padding=1, kernel_init=_init, name="conv0")(h)
         h = h + nn.Dense(c_out, kernel_init=_init, name="affine")(emb)[:, None, None, :]
         h = nn.silu(group_norm(c_out, name="norm1")(h))
-        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        h = dropout(self, h, self.dropout, train, example_ids)
         h = nn.Conv(c_out, (3, 3), padding=1, kernel_init=_init_zero, name="conv1")(h)
         if c_out != c_in or self.up or self.down:
             skip = upsample(orig) if self.up else downsample(orig) if self.down else orig
@@ -67,7 +67,7 @@ class UNetBlock(nn.Module):
 
 
 class DDPMpp(nn.Module):
-    """F(x [B,H,W,C], c_noise [B], labels [B] | None, train) → [B,H,W,out_channels]."""
+    """F(x [B,H,W,C], c_noise [B], labels [B] | None, train, augment_labels, example_ids [B] | None) → [B,H,W,out_channels]."""
     model_channels: int = 128
     channel_mult: Sequence[int] = (2, 2, 2)
     num_blocks: int = 4
@@ -80,7 +80,7 @@ class DDPMpp(nn.Module):
     channel_mult_emb: int = 4
 
     @nn.compact
-    def __call__(self, x, c_noise, labels=None, train=False, augment_labels=None):
+    def __call__(self, x, c_noise, labels=None, train=False, augment_labels=None, example_ids=None):
         b, res, _, c_img = x.shape
         if x.shape[1] != x.shape[2] or res % (2 ** (len(self.channel_mult) - 1)):
             raise ValueError(f"DDPM++ needs square images with side divisible by "
@@ -89,7 +89,7 @@ class DDPMpp(nn.Module):
         noise_ch, emb_ch = self.model_channels, self.model_channels * self.channel_mult_emb
         emb = positional_embedding(c_noise, noise_ch)                  # [B, C]
         if self.num_classes:
-            labels = drop_labels(self, labels, self.label_dropout, self.num_classes, train)
+            labels = drop_labels(self, labels, self.label_dropout, self.num_classes, train, example_ids)
             onehot = nn.one_hot(labels, self.num_classes)               # null label → zeros
             emb = emb + nn.Dense(noise_ch, kernel_init=_init, name="map_label")(onehot * np.sqrt(self.num_classes))
         if self.augment_dim:
@@ -106,22 +106,22 @@ class DDPMpp(nn.Module):
             if level == 0:
                 h = nn.Conv(self.model_channels, (3, 3), padding=1, kernel_init=_init, name=f"enc_{r}_conv")(h)
             else:
-                h = UNetBlock(h.shape[-1], down=True, name=f"enc_{r}_down", **kw)(h, emb, train)
+                h = UNetBlock(h.shape[-1], down=True, name=f"enc_{r}_down", **kw)(h, emb, train, example_ids)
             skips.append(h)
             for i in range(self.num_blocks):
                 h = UNetBlock(self.model_channels * mult, attention=r in self.attn_resolutions,
-                              name=f"enc_{r}_block{i}", **kw)(h, emb, train)
+                              name=f"enc_{r}_block{i}", **kw)(h, emb, train, example_ids)
                 skips.append(h)
         for level, mult in reversed(list(enumerate(self.channel_mult))):  # decoder
             r = res >> level
             if level == len(self.channel_mult) - 1:
-                h = UNetBlock(h.shape[-1], attention=True, name=f"dec_{r}_in0", **kw)(h, emb, train)
-                h = UNetBlock(h.shape[-1], name=f"dec_{r}_in1", **kw)(h, emb, train)
+                h = UNetBlock(h.shape[-1], attention=True, name=f"dec_{r}_in0", **kw)(h, emb, train, example_ids)
+                h = UNetBlock(h.shape[-1], name=f"dec_{r}_in1", **kw)(h, emb, train, example_ids)
             else:
-                h = UNetBlock(h.shape[-1], up=True, name=f"dec_{r}_up", **kw)(h, emb, train)
+                h = UNetBlock(h.shape[-1], up=True, name=f"dec_{r}_up", **kw)(h, emb, train, example_ids)
             for i in range(self.num_blocks + 1):
                 h = jnp.concatenate([h, skips.pop()], axis=-1)
                 h = UNetBlock(self.model_channels * mult, attention=(i == self.num_blocks and r in self.attn_resolutions),
-                              name=f"dec_{r}_block{i}", **kw)(h, emb, train)
+                              name=f"dec_{r}_block{i}", **kw)(h, emb, train, example_ids)
         h = nn.silu(group_norm(h.shape[-1], name="dec_aux_norm")(h))
         return nn.Conv(self.out_channels or c_img, (3, 3), padding=1, kernel_init=_init_zero, name="dec_aux_conv")(h)

@@ -37,9 +37,26 @@ def check_labels(labels, batch, num_classes):
     return labels
 
 
-def drop_labels(module, labels, rate, num_classes, train):
+def _example_uniform(module, shape, example_ids):
+    """U(0, 1) of `shape` [B, ...] from the layer's key; row j from fold_in(key, example_ids[j]) when given,
+    so an example's draw does not depend on which batch (or device, or micro-batch) it is in."""
+    key = module.make_rng("dropout")
+    if example_ids is None:
+        return jax.random.uniform(key, shape)
+    return jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i), shape[1:]))(example_ids)
+
+
+def drop_labels(module, labels, rate, num_classes, train, example_ids=None):
     """Label dropout for classifier-free guidance: with probability `rate` a label becomes null."""
     if not train or rate <= 0 or labels is None:
         return labels
-    keep = jax.random.uniform(module.make_rng("dropout"), labels.shape) >= rate
+    keep = _example_uniform(module, labels.shape, example_ids) >= rate
     return jnp.where(keep, labels, num_classes)
+
+
+def dropout(module, x, rate, train, example_ids=None):
+    """Inverted dropout of x [B, ...]; the mask of example j is a function of (layer key, example_ids[j])."""
+    if not train or rate <= 0:
+        return x
+    keep = _example_uniform(module, x.shape, example_ids) >= rate
+    return jnp.where(keep, x / (1 - rate), jnp.zeros_like(x))

@@ -77,7 +77,7 @@ class Block(nn.Module):
 
 
 class UViT(nn.Module):
-    """F(x [B,H,W,C], c_noise [B], labels [B] | None, train) → [B,H,W,C]; c_noise is the official `timesteps`.
+    """F(x [B,H,W,C], c_noise [B], labels [B] | None, train, example_ids [B] | None) → [B,H,W,C]; c_noise is the official `timesteps`.
 
     depth: as the official constructor, depth//2 in-blocks, one mid block, depth//2 out-blocks.
     num_classes: labels 0..num_classes−1 plus the null label num_classes (label dropout / guidance),
@@ -97,7 +97,7 @@ class UViT(nn.Module):
     conv: bool = True      # final 3×3 conv
 
     @nn.compact
-    def __call__(self, x, c_noise, labels=None, train=False):
+    def __call__(self, x, c_noise, labels=None, train=False, example_ids=None):
         b, hh, ww, c = x.shape
         p, d = self.patch_size, self.embed_dim
         if hh % p or ww % p:
@@ -112,7 +112,7 @@ class UViT(nn.Module):
             t = Dense(d, name="time_embed_2")(nn.silu(Dense(4 * d, name="time_embed_0")(t)))
         extras = [t[:, None]]                                             # [B, 1, d]
         if self.num_classes:
-            labels = drop_labels(self, labels, self.label_dropout, self.num_classes, train)
+            labels = drop_labels(self, labels, self.label_dropout, self.num_classes, train, example_ids)
             extras.insert(0, nn.Embed(self.num_classes + 1, d, name="label_emb")(labels)[:, None])
         h = jnp.concatenate(extras + [tokens], axis=1)                    # [B, extras + L, d]
         h = h + self.param("pos_embed", nn.initializers.normal(0.02), (1, h.shape[1], d))
