@@ -175,3 +175,16 @@ def test_decision_sigma_hybrid_switches_per_row_at_s():
     out = np.asarray(den(jnp.zeros((4, 2, 2, 1)), jnp.array([0.5, 2.0, 1.0, 1.0001])))
     np.testing.assert_array_equal(out[:, 0, 0, 0], [-1, 1, -1, 1])
     assert np.asarray(den(jnp.zeros((1, 2, 2, 1)), 3.0)).min() == 1          # scalar σ broadcast to the batch
+
+
+@pytest.mark.parametrize("name", ["cross_model", "inverse_problems", "invertibility"])
+def test_paper_variants_only_augment_networks_that_take_augment_labels(name):
+    """Every model of a paper variant, built from cifar_small (augment_p 0.12) plus its overrides, either
+    has EDM's 9 augment labels or trains without augmentation — what Job refuses before any compute."""
+    import importlib
+    from jaxrepro.run import _model_from
+    cfg = importlib.import_module(f"configs.experiments.{name}").get_config("paper")
+    for tag, overrides in cfg.models.items():
+        c = rt.set_keys(rt.base_config(cfg.data, cfg.ns[0]), dict(overrides))
+        aug_dim = getattr(_model_from(c), "augment_dim", 0)
+        assert c.train.augment_p == 0 or aug_dim == 9, (name, tag, c.train.augment_p, aug_dim)

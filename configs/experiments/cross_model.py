@@ -25,6 +25,6 @@ def get_config(arg="small"):
                     "ddpmpp_c128_ve": {"model": dict(name="ddpmpp_c128"), "precond": "ve", "loss": dict(kind="ve")},
                     "ddpmpp_c128_edm": {"model": dict(name="ddpmpp_c128"), "precond": "edm",
                                         "loss": dict(kind="edm", P_mean=-1.2, P_std=1.2)},
-                    "uvit_s2_vp": {"model": dict(name="uvit_s2")}}
+                    "uvit_s2_vp": {"model": dict(name="uvit_s2"), "train": dict(augment_p=0.0)}}   # no augment labels
         c.reference = "ddpmpp_c128_vp"
     return c
