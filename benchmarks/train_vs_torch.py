@@ -5,8 +5,10 @@ EDM's code is not part of jaxrepro (its licence forbids copying it): give a chec
 Both sides: DDPM++ (SongUNet, positional embedding, [1,1] resampling, channel_mult 2,2,2, 4 blocks,
 attention at 16, dropout 0.13, augment_dim 9), EDM loss and preconditioning, Adam, 32×32×3, batch B.
 Contenders are timed in turns (torch, jax variants, torch, …) for --repeats rounds of --steps steps
-each; a contender's time is the median over its rounds of the per-round median step, and its ratio
-to torch is the median of the per-round ratios (so a noisy stretch of the machine hits both).
+each (after one untimed settling step: the first step after the other framework ran is up to 1.6×
+slower, so without it the ratio measures the switch, not training); a contender's time is the median
+over its rounds of the per-round median step, and its ratio to torch is the median of the per-round
+ratios (so a noisy stretch of the machine hits both).
 """
 import argparse
 import json
@@ -80,7 +82,8 @@ def jax_contenders(channels, batch, lr, micro_batch):
 
 
 def timed(fn, steps):
-    """Median wall seconds of `steps` calls (each call blocks on its result)."""
+    """Median wall seconds of `steps` calls (each blocks on its result), after one untimed settling call."""
+    fn()                # the first call after the other framework ran is slower for both (caches, pages)
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
