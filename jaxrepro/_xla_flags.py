@@ -30,5 +30,7 @@ def tuned_xla_flags(environ):
 
 
 def apply(environ=os.environ):
-    """Set XLA_FLAGS in `environ` (takes effect if JAX's CPU backend has not started yet)."""
-    environ["XLA_FLAGS"] = tuned_xla_flags(environ)
+    """Set XLA_FLAGS in `environ` when it adds something (takes effect if JAX's CPU backend has not started)."""
+    flags = tuned_xla_flags(environ)
+    if flags != environ.get("XLA_FLAGS", ""):
+        environ["XLA_FLAGS"] = flags
