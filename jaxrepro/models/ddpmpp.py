@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrepro.models.fast_layers import Conv, add_per_example
 from jaxrepro.models.layers import check_labels, drop_labels, dropout, group_norm, positional_embedding
 
 SKIP_SCALE = np.sqrt(0.5)
@@ -46,23 +47,23 @@ class UNetBlock(nn.Module):
             h = upsample(h)
         if self.down:
             h = downsample(h)
-        h = nn.Conv(c_out, (3, 3), padding=1, kernel_init=_init, name="conv0")(h)
-        h = h + nn.Dense(c_out, kernel_init=_init, name="affine")(emb)[:, None, None, :]
+        h = Conv(c_out, (3, 3), 1, kernel_init=_init, name="conv0")(h)
+        h = add_per_example(h, nn.Dense(c_out, kernel_init=_init, name="affine")(emb))
         h = nn.silu(group_norm(c_out, name="norm1")(h))
         h = dropout(self, h, self.dropout, train, example_ids)
-        h = nn.Conv(c_out, (3, 3), padding=1, kernel_init=_init_zero, name="conv1")(h)
+        h = Conv(c_out, (3, 3), 1, kernel_init=_init_zero, name="conv1")(h)
         if c_out != c_in or self.up or self.down:
             skip = upsample(orig) if self.up else downsample(orig) if self.down else orig
-            orig = nn.Conv(c_out, (1, 1), kernel_init=_init, name="skip")(skip)
+            orig = Conv(c_out, (1, 1), kernel_init=_init, name="skip")(skip)
         x = (h + orig) * SKIP_SCALE
         if self.attention:
             b, hh, ww, c = x.shape
-            qkv = nn.Conv(3 * c, (1, 1), kernel_init=_init_attn, name="qkv")(group_norm(c, name="norm2")(x))
+            qkv = Conv(3 * c, (1, 1), kernel_init=_init_attn, name="qkv")(group_norm(c, name="norm2")(x))
             qkv = qkv.reshape(b, hh * ww, c, 3)                       # EDM's channel order (c, 3)
             q, k, v = qkv[..., 0], qkv[..., 1], qkv[..., 2]           # [B, HW, C]
             w = nn.softmax(jnp.einsum("bqc,bkc->bqk", q, k / np.sqrt(c)), axis=-1)
             a = jnp.einsum("bqk,bkc->bqc", w, v).reshape(b, hh, ww, c)
-            x = (nn.Conv(c, (1, 1), kernel_init=_init_zero, name="proj")(a) + x) * SKIP_SCALE
+            x = (Conv(c, (1, 1), kernel_init=_init_zero, name="proj")(a) + x) * SKIP_SCALE
         return x
 
 
@@ -104,7 +105,7 @@ class DDPMpp(nn.Module):
         for level, mult in enumerate(self.channel_mult):               # encoder
             r = res >> level
             if level == 0:
-                h = nn.Conv(self.model_channels, (3, 3), padding=1, kernel_init=_init, name=f"enc_{r}_conv")(h)
+                h = Conv(self.model_channels, (3, 3), 1, kernel_init=_init, name=f"enc_{r}_conv")(h)
             else:
                 h = UNetBlock(h.shape[-1], down=True, name=f"enc_{r}_down", **kw)(h, emb, train, example_ids)
             skips.append(h)
@@ -124,4 +125,4 @@ class DDPMpp(nn.Module):
                 h = UNetBlock(self.model_channels * mult, attention=(i == self.num_blocks and r in self.attn_resolutions),
                               name=f"dec_{r}_block{i}", **kw)(h, emb, train, example_ids)
         h = nn.silu(group_norm(h.shape[-1], name="dec_aux_norm")(h))
-        return nn.Conv(self.out_channels or c_img, (3, 3), padding=1, kernel_init=_init_zero, name="dec_aux_conv")(h)
+        return Conv(self.out_channels or c_img, (3, 3), 1, kernel_init=_init_zero, name="dec_aux_conv")(h)

@@ -2,6 +2,9 @@
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from jaxrepro.models.fast_layers import GroupNorm
 
 
 def positional_embedding(c_noise, num_channels, max_positions=10000, endpoint=True):
@@ -15,7 +18,7 @@ def positional_embedding(c_noise, num_channels, max_positions=10000, endpoint=Tr
 
 def group_norm(channels, eps=1e-6, name=None):
     """GroupNorm with min(32, channels // 4) groups of this layer's channels (EDM)."""
-    return nn.GroupNorm(num_groups=min(32, channels // 4), epsilon=eps, name=name)
+    return GroupNorm(num_groups=min(32, channels // 4), epsilon=eps, name=name)
 
 
 def null_labels(batch, num_classes):
@@ -54,9 +57,28 @@ def drop_labels(module, labels, rate, num_classes, train, example_ids=None):
     return jnp.where(keep, labels, num_classes)
 
 
+def _example_bits16(module, shape, example_ids):
+    """Uniform uint16 of `shape` [B, ...], two per threefry word (half the hashing of a float32 uniform)."""
+    key = module.make_rng("dropout")
+    n = int(np.prod(shape[1:]))
+
+    def draw(k):
+        words = jax.random.bits(k, ((n + 1) // 2,), jnp.uint32)
+        return jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)[:n].reshape(shape[1:])
+    if example_ids is None:
+        return jax.vmap(draw)(jax.random.split(key, shape[0]))
+    return jax.vmap(lambda i: draw(jax.random.fold_in(key, i)))(example_ids)
+
+
 def dropout(module, x, rate, train, example_ids=None):
-    """Inverted dropout of x [B, ...]; the mask of example j is a function of (layer key, example_ids[j])."""
+    """Inverted dropout of x [B, ...]; the mask of example j is a function of (layer key, example_ids[j]).
+
+    The drop probability is `rate` rounded to a multiple of 2⁻¹⁶ (16-bit uniforms), and kept values are
+    scaled by the inverse of the rounded keep probability, so E[output] = x exactly."""
     if not train or rate <= 0:
         return x
-    keep = _example_uniform(module, x.shape, example_ids) >= rate
-    return jnp.where(keep, x / (1 - rate), jnp.zeros_like(x))
+    threshold = int(round(rate * 65536))
+    if threshold >= 65536:
+        return jnp.zeros_like(x)
+    keep = _example_bits16(module, x.shape, example_ids).astype(jnp.int32) >= threshold
+    return jnp.where(keep, x * (65536 / (65536 - threshold)), jnp.zeros_like(x))

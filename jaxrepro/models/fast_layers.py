@@ -1,0 +1,90 @@
+"""GroupNorm, convolution and per-channel adds whose broadcasts are matmuls with ones on the CPU.
+
+Autodiff transposes a broadcast into a reduce-sum, and XLA:CPU lowers a reduce over batch and pixels
+of an NHWC activation to a strided loop: 12–23 ms for one [64,32,32,64] bias gradient, where a matmul
+with a ones vector takes ~1.2 ms. Writing every broadcast of a per-channel vector as an outer product
+with ones makes its transpose a matmul, in reverse and forward mode alike (no custom derivative rules,
+so grad, jvp and vmap all work). Off the CPU the plain broadcast is used. Parameters (names, shapes,
+initialisers) are those of flax's nn.GroupNorm and nn.Conv, so checkpoints and EDM imports are unchanged.
+"""
+from typing import Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+_HI = jax.lax.Precision.HIGHEST
+MATMUL_SUMS: Optional[bool] = None      # None: matmul sums on the CPU backend only; tests set True/False
+
+
+def _matmul_sums():
+    return jax.default_backend() == "cpu" if MATMUL_SUMS is None else MATMUL_SUMS
+
+
+def spread(v, n):
+    """v [B, C] → [B, n, C], each row of v repeated n times."""
+    if not _matmul_sums():
+        return jnp.broadcast_to(v[:, None, :], (v.shape[0], n, v.shape[1]))
+    return jnp.einsum("bnk,bkc->bnc", jnp.ones((v.shape[0], n, 1), v.dtype), v[:, None, :], precision=_HI)
+
+
+def total(x):
+    """x [B, n, C] → [B, C] summed over n (float32 for float32 or bfloat16 input)."""
+    if not _matmul_sums():
+        return x.sum(1, dtype=jnp.float32)
+    ones = jnp.ones((x.shape[0], 1, x.shape[1]), x.dtype)
+    return jnp.einsum("bkn,bnc->bkc", ones, x, precision=_HI, preferred_element_type=jnp.float32)[:, 0]
+
+
+def add_per_example(x, v):
+    """x [B, ..., C] + v [B, C] broadcast over the middle axes."""
+    b, c = x.shape[0], x.shape[-1]
+    return x + spread(v.astype(x.dtype), x.size // (b * c)).reshape(x.shape)
+
+
+def add_bias(x, bias):
+    """x [..., C] + bias [C]."""
+    c = x.shape[-1]
+    return x + spread(bias.astype(x.dtype)[None], x.size // c).reshape(x.shape)
+
+
+class GroupNorm(nn.Module):
+    """nn.GroupNorm (fast variance E[x²] − E[x]², statistics in float32) on x [B, H, W, C]."""
+    num_groups: int
+    epsilon: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x):
+        b, c, g = x.shape[0], x.shape[-1], self.num_groups
+        if c % g:
+            raise ValueError(f"GroupNorm: {c} channels are not divisible into num_groups={g}")
+        scale = self.param("scale", nn.initializers.ones, (c,))
+        bias = self.param("bias", nn.initializers.zeros, (c,))
+        xs = x.reshape(b, -1, c).astype(jnp.float32)                   # [B, n, C]
+        count = xs.shape[1] * (c // g)
+        s1, s2 = total(xs), total(xs * xs)                             # [B, C]
+        mean = s1.reshape(b, g, -1).sum(-1) / count                    # [B, G]
+        var = jnp.maximum(s2.reshape(b, g, -1).sum(-1) / count - mean * mean, 0.0)
+        rstd = jax.lax.rsqrt(var + self.epsilon)
+        a = scale.astype(jnp.float32) * jnp.repeat(rstd, c // g, axis=1)               # [B, C]
+        d = bias.astype(jnp.float32) - jnp.repeat(mean * rstd, c // g, axis=1) * scale.astype(jnp.float32)
+        y = xs * spread(a, xs.shape[1]) + spread(d, xs.shape[1])
+        return y.astype(jnp.promote_types(x.dtype, scale.dtype)).reshape(x.shape)
+
+
+class Conv(nn.Module):
+    """nn.Conv (NHWC, HWIO kernel, stride 1, symmetric integer padding) with a matmul-summed bias."""
+    features: int
+    kernel_size: Sequence[int]
+    padding: int = 0
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        dtype = jnp.promote_types(x.dtype, kernel.dtype)
+        y = jax.lax.conv_general_dilated(x.astype(dtype), kernel.astype(dtype), (1, 1),
+                                         [(self.padding, self.padding)] * 2,
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return add_bias(y, bias)

@@ -1,0 +1,164 @@
+"""fast_layers (GroupNorm, Conv, per-channel adds written with matmul sums) against float64 references and
+flax's own nn.GroupNorm / nn.Conv, in both the matmul-sum (CPU) and plain-broadcast (GPU/TPU) forms.
+
+Error bounds: every quantity is a float32 sum of n ≤ 4,096 terms of O(1) size, computed in a different order
+than the reference; a recursive float32 sum has relative error ≤ n·2⁻²⁴ ≈ 2.4e-4 in the worst case (blocked
+and pairwise orders are far below it), and the GroupNorm variance E[x²] − E[x]² at mean 1, std 2 loses a factor
+(m² + σ²)/σ² = 1.25 more. Tolerances are set from these worst cases, not from observed differences.
+"""
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrepro.models import fast_layers as fl
+from jaxrepro.models.layers import dropout
+
+EPS32 = 2.0 ** -24
+
+
+@pytest.fixture(params=[True, False], ids=["matmul_sums", "broadcast"])
+def sums(request):
+    old = fl.MATMUL_SUMS
+    fl.MATMUL_SUMS = request.param
+    yield request.param
+    fl.MATMUL_SUMS = old
+
+
+def _x(shape, seed=0, mean=1.0, std=2.0):
+    return (mean + std * np.random.default_rng(seed).standard_normal(shape)).astype(np.float32)
+
+
+def _group_norm64(x, g, scale, bias, eps):
+    b, c = x.shape[0], x.shape[-1]
+    xg = x.astype(np.float64).reshape(b, -1, g, c // g)
+    m = xg.mean(axis=(1, 3), keepdims=True)
+    v = xg.var(axis=(1, 3), keepdims=True)
+    return ((xg - m) / np.sqrt(v + eps)).reshape(x.shape) * scale + bias
+
+
+def test_group_norm_equals_float64_and_flax_values_grads_and_jvp(sums):
+    x = _x((3, 8, 8, 16))
+    g, eps = 4, 1e-6
+    ours, ref = fl.GroupNorm(g, eps), nn.GroupNorm(num_groups=g, epsilon=eps)
+    params = ours.init(jax.random.PRNGKey(0), x)
+    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(ref.init(jax.random.PRNGKey(0), x))
+    rng = np.random.default_rng(1)
+    params = {"params": {"scale": jnp.asarray(1 + 0.3 * rng.standard_normal(16), jnp.float32),
+                         "bias": jnp.asarray(0.3 * rng.standard_normal(16), jnp.float32)}}
+    y = np.asarray(ours.apply(params, x))
+    # n = 8·8·4 = 256 terms per group. Mean: |Δm| ≤ n·u·E|x| (u = 2⁻²⁴, E|x| ≤ 2.5); variance E[x²] − m²:
+    # |Δv| ≤ n·u·E[x²] + 2|m||Δm| ≤ n·u·(5 + 5), so |Δrstd|/rstd ≤ n·u·10/(2σ²) = n·u·1.25. With |scale| ≤ 2,
+    # |x̂| ≤ 5, rstd ≈ 0.5: |Δy| ≤ 2·(0.5·|Δm| + 5·n·u·1.25) + a few roundings ≤ 2·8·n·u.
+    bound = 2 * 8 * 256 * EPS32
+    y64 = _group_norm64(x, g, np.asarray(params["params"]["scale"]), np.asarray(params["params"]["bias"]), eps)
+    assert np.abs(y - y64).max() <= bound
+    cot = jnp.asarray(_x(x.shape, 2, 0.0, 1.0))
+    loss = lambda m: (lambda p, x: jnp.sum(m.apply(p, x) * cot))
+    g_ours = jax.grad(loss(ours), argnums=(0, 1))(params, x)
+    g_ref = jax.grad(loss(ref), argnums=(0, 1))(params, x)
+    for a, b in zip(jax.tree_util.tree_leaves(g_ours), jax.tree_util.tree_leaves(g_ref)):
+        # each entry is a sum of ≤ 256 terms of size ≤ |x̂|·|cot|·|scale|·rstd-scale ≤ 5·4·2 = 40 (relative
+        # error n·u per sum, as above), plus the ≤ 2·8·n·u error of x̂ itself times the same 256·40 mass
+        assert np.abs(np.asarray(a) - np.asarray(b)).max() <= 256 * 40 * (256 * EPS32 + bound)
+    tangent = jnp.asarray(_x(x.shape, 3, 0.0, 1.0))
+    j_ours = jax.jvp(lambda x: ours.apply(params, x), (x,), (tangent,))[1]
+    j_ref = jax.jvp(lambda x: ref.apply(params, x), (x,), (tangent,))[1]
+    assert np.abs(np.asarray(j_ours) - np.asarray(j_ref)).max() <= bound * 4   # |tangent| ≤ 5 in place of |x|
+
+
+def test_group_norm_bfloat16_keeps_float32_statistics(sums):
+    x = _x((2, 8, 8, 16))
+    ours, ref = fl.GroupNorm(4), nn.GroupNorm(num_groups=4, epsilon=1e-6)
+    params = jax.tree_util.tree_map(lambda p: p.astype(jnp.bfloat16), ours.init(jax.random.PRNGKey(0), x))
+    y = ours.apply(params, x.astype(jnp.bfloat16))
+    y_ref = ref.apply(params, x.astype(jnp.bfloat16))
+    assert y.dtype == y_ref.dtype == jnp.bfloat16
+    # both normalise in float32 and round once to bfloat16 (2⁻⁸ relative): at most one bfloat16 ulp apart
+    diff = np.abs(np.asarray(y, np.float32) - np.asarray(y_ref, np.float32))
+    assert np.all(diff <= 2.0 ** -7 * np.maximum(np.abs(np.asarray(y_ref, np.float32)), 1.0))
+
+
+def test_group_norm_refuses_channels_not_divisible_by_groups():
+    with pytest.raises(ValueError, match="num_groups=4"):
+        fl.GroupNorm(4).init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 6)))
+
+
+def test_conv_has_flax_parameters_and_matches_flax_conv(sums):
+    x = _x((2, 8, 8, 16), mean=0.0, std=1.0)
+    for k, pad in (((3, 3), 1), ((1, 1), 0)):
+        ours, ref = fl.Conv(8, k, pad), nn.Conv(8, k, padding=pad)
+        params = ours.init(jax.random.PRNGKey(0), x)
+        ref_params = ref.init(jax.random.PRNGKey(0), x)
+        assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda a, b: bool(jnp.all(a == b)), params, ref_params))
+        params = jax.tree_util.tree_map(lambda p: p + 0.1, params)          # non-zero bias
+        cot = jnp.asarray(_x((2, 8, 8, 8), 2, 0.0, 1.0))
+        # output: sums of 9·16 = 144 products of size ≤ 5·0.6; gradients: ≤ 2·64 = 128-term sums of size ≤ 5·5
+        np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), rtol=0, atol=144 * EPS32 * 3 * 4)
+        loss = lambda m: (lambda p, x: jnp.sum(m.apply(p, x) * cot))
+        g_ours = jax.grad(loss(ours), argnums=(0, 1))(params, x)
+        g_ref = jax.grad(loss(ref), argnums=(0, 1))(params, x)
+        for a, b in zip(jax.tree_util.tree_leaves(g_ours), jax.tree_util.tree_leaves(g_ref)):
+            np.testing.assert_allclose(a, b, rtol=0, atol=144 * EPS32 * 25 * 8)
+
+
+def test_per_channel_add_gradients_are_the_float64_sums(sums):
+    x = jnp.asarray(_x((4, 8, 8, 16)))
+    v, bias = jnp.asarray(_x((4, 16), 1)), jnp.asarray(_x((16,), 2))
+    cot = _x((4, 8, 8, 16), 3, 0.0, 1.0)
+    out, vjp = jax.vjp(lambda v, b: fl.add_bias(fl.add_per_example(x, v), b), v, bias)
+    np.testing.assert_array_equal(out, x + v[:, None, None, :] + bias)          # one rounding each, same order
+    dv, db = vjp(jnp.asarray(cot))
+    c64 = cot.astype(np.float64)
+    # 64 (per example) and 256 (per channel) terms of size ≤ 6
+    np.testing.assert_allclose(dv, c64.sum((1, 2)), rtol=0, atol=64 * EPS32 * 6)
+    np.testing.assert_allclose(db, c64.sum((0, 1, 2)), rtol=0, atol=256 * EPS32 * 6)
+
+
+def test_matmul_sums_leave_no_pixel_reduction_in_the_cpu_gradient():
+    """The premise of the module: with matmul sums, the gradient of GroupNorm → conv has no reduce over the
+    batch and pixel axes of the activation (XLA:CPU's slow strided loops); with plain broadcasts it has."""
+    x = jnp.asarray(_x((8, 16, 16, 32)))
+
+    class Block(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return fl.Conv(32, (3, 3), 1)(nn.silu(fl.GroupNorm(8)(x)))
+
+    def big_reductions(matmul):
+        old, fl.MATMUL_SUMS = fl.MATMUL_SUMS, matmul
+        try:
+            params = Block().init(jax.random.PRNGKey(0), x)
+            grad = jax.jit(jax.grad(lambda p: jnp.sum(Block().apply(p, x) ** 2)))
+            hlo = grad.lower(params).compile().as_text()
+        finally:
+            fl.MATMUL_SUMS = old
+        sizes = {m[0]: int(np.prod([int(d) for d in m[1].split(",") if d]))
+                 for m in re.findall(r"%([\w.\-]+) = f32\[([\d,]*)\]", hlo)}
+        operands = re.findall(r" (?:reduce|reduce-window)\(%([\w.\-]+),", hlo)
+        return [o for o in operands if sizes.get(o, 0) >= x.size]       # reduces that read a whole activation
+    assert big_reductions(True) == []
+    assert big_reductions(False) != []
+
+
+def test_dropout_rate_rounding_and_exact_expectation():
+    class Drop(nn.Module):
+        rate: float
+
+        @nn.compact
+        def __call__(self, x, ids):
+            return dropout(self, x, self.rate, True, ids)
+    x = jnp.ones((16, 32, 32, 64))
+    ids = jnp.arange(16)
+    y = np.asarray(Drop(0.13).apply({}, x, ids, rngs={"dropout": jax.random.PRNGKey(0)}))
+    threshold = round(0.13 * 65536)
+    assert set(np.unique(y)) == {0.0, np.float32(65536 / (65536 - threshold))}
+    drop = float((y == 0).mean())
+    n = y.size                                    # 1,048,576 Bernoulli(p) draws: 6 standard deviations
+    assert abs(drop - threshold / 65536) <= 6 * np.sqrt(0.13 * 0.87 / n)
+    assert np.all(np.asarray(Drop(1.0).apply({}, x, ids, rngs={"dropout": jax.random.PRNGKey(0)})) == 0)
+    y2 = np.asarray(Drop(0.13).apply({}, x, ids[::-1], rngs={"dropout": jax.random.PRNGKey(0)}))
+    np.testing.assert_array_equal(y2, y[::-1])    # an example's mask follows its id
