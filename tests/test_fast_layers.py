@@ -22,10 +22,10 @@ EPS32 = 2.0 ** -24
 
 @pytest.fixture(params=[True, False], ids=["matmul_sums", "broadcast"])
 def sums(request):
-    old = fl.MATMUL_SUMS
-    fl.MATMUL_SUMS = request.param
+    old = fl.CPU_FORMS
+    fl.CPU_FORMS = request.param
     yield request.param
-    fl.MATMUL_SUMS = old
+    fl.CPU_FORMS = old
 
 
 def _x(shape, seed=0, mean=1.0, std=2.0):
@@ -129,13 +129,13 @@ def test_matmul_sums_leave_no_pixel_reduction_in_the_cpu_gradient():
             return fl.Conv(32, (3, 3), 1)(nn.silu(fl.GroupNorm(8)(x)))
 
     def big_reductions(matmul):
-        old, fl.MATMUL_SUMS = fl.MATMUL_SUMS, matmul
+        old, fl.CPU_FORMS = fl.CPU_FORMS, matmul
         try:
             params = Block().init(jax.random.PRNGKey(0), x)
             grad = jax.jit(jax.grad(lambda p: jnp.sum(Block().apply(p, x) ** 2)))
             hlo = grad.lower(params).compile().as_text()
         finally:
-            fl.MATMUL_SUMS = old
+            fl.CPU_FORMS = old
         sizes = {m[0]: int(np.prod([int(d) for d in m[1].split(",") if d]))
                  for m in re.findall(r"%([\w.\-]+) = f32\[([\d,]*)\]", hlo)}
         operands = re.findall(r" (?:reduce|reduce-window)\(%([\w.\-]+),", hlo)
@@ -162,3 +162,29 @@ def test_dropout_rate_rounding_and_exact_expectation():
     assert np.all(np.asarray(Drop(1.0).apply({}, x, ids, rngs={"dropout": jax.random.PRNGKey(0)})) == 0)
     y2 = np.asarray(Drop(0.13).apply({}, x, ids[::-1], rngs={"dropout": jax.random.PRNGKey(0)}))
     np.testing.assert_array_equal(y2, y[::-1])    # an example's mask follows its id
+
+
+def test_materialize_is_the_identity_in_value_gradient_and_jvp(sums):
+    x = jnp.asarray(np.array([[1.5, -0.0, np.inf], [np.nan, 3e30, -2.0]], np.float32))
+    y = fl.materialize(x)
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(x))
+    assert np.signbit(np.asarray(y)[0, 1])                             # −0 stays −0 (no arithmetic on x)
+    inf_first = jnp.asarray([np.inf, 1.0], jnp.float32)                # the probe's other branch (x·1)
+    np.testing.assert_array_equal(np.asarray(fl.materialize(inf_first)), np.asarray(inf_first))
+    z = jnp.asarray(_x((2, 4, 4, 3)))
+    cot = jnp.asarray(_x((2, 4, 4, 3), 1))
+    np.testing.assert_array_equal(jax.vjp(fl.materialize, z)[1](cot)[0], cot)
+    np.testing.assert_array_equal(jax.jvp(fl.materialize, (z,), (cot,))[1], cot)
+
+
+def test_materialize_survives_xla_cpu_as_a_conditional():
+    """The premise: XLA:CPU keeps the conditional (it drops lax.optimization_barrier before fusion), in the
+    forward and in the transposed (gradient) computation."""
+    old, fl.CPU_FORMS = fl.CPU_FORMS, True
+    try:
+        f = lambda x: jnp.sum(jnp.sin(fl.materialize(jnp.cos(x) * 2.0)) ** 2)
+        x = jnp.ones((4, 8), jnp.float32)
+        assert jax.jit(f).lower(x).compile().as_text().count(" conditional(") == 1
+        assert jax.jit(jax.grad(f)).lower(x).compile().as_text().count(" conditional(") == 2
+    finally:
+        fl.CPU_FORMS = old

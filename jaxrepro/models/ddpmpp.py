@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrepro.models.fast_layers import Conv, add_per_example
+from jaxrepro.models.fast_layers import Conv, add_per_example, materialize
 from jaxrepro.models.layers import check_labels, drop_labels, dropout, group_norm, positional_embedding
 
 SKIP_SCALE = np.sqrt(0.5)
@@ -64,7 +64,7 @@ class UNetBlock(nn.Module):
             w = nn.softmax(jnp.einsum("bqc,bkc->bqk", q, k / np.sqrt(c)), axis=-1)
             a = jnp.einsum("bqk,bkc->bqc", w, v).reshape(b, hh, ww, c)
             x = (Conv(c, (1, 1), kernel_init=_init_zero, name="proj")(a) + x) * SKIP_SCALE
-        return x
+        return materialize(x)
 
 
 class DDPMpp(nn.Module):
