@@ -1,3 +1,5 @@
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -113,3 +115,14 @@ def test_dropout_mask_of_an_example_does_not_depend_on_its_batch():
     np.testing.assert_array_equal(np.asarray(part), np.asarray(full)[[5, 2]])
     full, part = run(np.arange(8), False), run(np.array([5, 2]), False)
     assert not np.allclose(np.asarray(part), np.asarray(full)[[5, 2]])
+
+
+def test_ddpmpp_in_bfloat16_runs_every_convolution_in_bfloat16():
+    """Mixed precision means bfloat16 activations throughout: no float64 NumPy constant (skip scale, attention
+    scale) or float32 embedding may promote a block back to float32 (EDM casts the affine to x's dtype)."""
+    model = get_model("ddpmpp_tiny")
+    params = jax.tree_util.tree_map(lambda p: p.astype(jnp.bfloat16), init_params(model, (32, 32, 3), 0))
+    x = jnp.ones((2, 32, 32, 3), jnp.bfloat16)
+    jaxpr = str(jax.make_jaxpr(lambda p, x: model.apply(p, x, jnp.ones(2, jnp.bfloat16)))(params, x))
+    conv_out = re.findall(r"(\w+)\[[\d,]+\] = conv_general_dilated", jaxpr)
+    assert len(conv_out) > 10 and set(conv_out) == {"bf16"}

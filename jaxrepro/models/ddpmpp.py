@@ -14,7 +14,7 @@ import numpy as np
 from jaxrepro.models.fast_layers import Conv, add_per_example, materialize
 from jaxrepro.models.layers import check_labels, drop_labels, dropout, group_norm, positional_embedding
 
-SKIP_SCALE = np.sqrt(0.5)
+SKIP_SCALE = float(np.sqrt(0.5))    # a Python float: keeps bfloat16 activations bfloat16 (np.float64 promoted)
 _init = nn.initializers.xavier_uniform()
 _init_zero = nn.initializers.variance_scaling(1e-10, "fan_avg", "uniform")       # xavier × 1e-5
 _init_attn = nn.initializers.variance_scaling(0.2, "fan_avg", "uniform")          # xavier × √0.2
@@ -61,7 +61,7 @@ class UNetBlock(nn.Module):
             qkv = Conv(3 * c, (1, 1), kernel_init=_init_attn, name="qkv")(group_norm(c, name="norm2")(x))
             qkv = qkv.reshape(b, hh * ww, c, 3)                       # EDM's channel order (c, 3)
             q, k, v = qkv[..., 0], qkv[..., 1], qkv[..., 2]           # [B, HW, C]
-            w = nn.softmax(jnp.einsum("bqc,bkc->bqk", q, k / np.sqrt(c)), axis=-1)
+            w = nn.softmax(jnp.einsum("bqc,bkc->bqk", q, k / float(np.sqrt(c))), axis=-1)
             a = jnp.einsum("bqk,bkc->bqc", w, v).reshape(b, hh, ww, c)
             x = (Conv(c, (1, 1), kernel_init=_init_zero, name="proj")(a) + x) * SKIP_SCALE
         return materialize(x)

@@ -29,7 +29,7 @@ def materialize(x):
     """x, computed once: on the CPU a fusion barrier (forward and backward) so XLA does not recompute the
     elementwise chain behind x, e.g. a residual stream, inside every consumer (XLA:CPU drops
     optimization_barrier before fusion; a conditional whose branches both return x survives)."""
-    if not _cpu_forms():
+    if not _cpu_forms() or x.size == 0:
         return x
     probe = x.reshape(-1)[0]
     return jax.lax.cond(probe == probe + 1, lambda v: v * 1, lambda v: v, x)     # both branches give x
@@ -51,7 +51,8 @@ def total(x):
 
 
 def add_per_example(x, v):
-    """x [B, ..., C] + v [B, C] broadcast over the middle axes."""
+    """x [B, ..., C] + v [B, C] broadcast over the middle axes, v cast to x's dtype (as EDM casts the
+    noise-embedding affine to the activations' dtype under mixed precision)."""
     b, c = x.shape[0], x.shape[-1]
     return x + spread(v.astype(x.dtype), x.size // (b * c)).reshape(x.shape)
 
@@ -83,7 +84,7 @@ class GroupNorm(nn.Module):
         a = scale.astype(jnp.float32) * jnp.repeat(rstd, c // g, axis=1)               # [B, C]
         d = bias.astype(jnp.float32) - jnp.repeat(mean * rstd, c // g, axis=1) * scale.astype(jnp.float32)
         y = xs * spread(a, xs.shape[1]) + spread(d, xs.shape[1])
-        return y.astype(jnp.promote_types(x.dtype, scale.dtype)).reshape(x.shape)
+        return y.astype(jnp.promote_types(jnp.promote_types(x.dtype, scale.dtype), bias.dtype)).reshape(x.shape)
 
 
 class Conv(nn.Module):
@@ -97,8 +98,8 @@ class Conv(nn.Module):
     def __call__(self, x):
         kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        dtype = jnp.promote_types(x.dtype, kernel.dtype)
+        dtype = jnp.promote_types(jnp.promote_types(x.dtype, kernel.dtype), bias.dtype)      # as flax
         y = jax.lax.conv_general_dilated(x.astype(dtype), kernel.astype(dtype), (1, 1),
                                          [(self.padding, self.padding)] * 2,
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return add_bias(y, bias)
+        return add_bias(y, bias.astype(dtype))
