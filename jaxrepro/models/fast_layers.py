@@ -81,10 +81,11 @@ class GroupNorm(nn.Module):
         mean = s1.reshape(b, g, -1).sum(-1) / count                    # [B, G]
         var = jnp.maximum(s2.reshape(b, g, -1).sum(-1) / count - mean * mean, 0.0)
         rstd = jax.lax.rsqrt(var + self.epsilon)
-        a = scale.astype(jnp.float32) * jnp.repeat(rstd, c // g, axis=1)               # [B, C]
-        d = bias.astype(jnp.float32) - jnp.repeat(mean * rstd, c // g, axis=1) * scale.astype(jnp.float32)
+        scale32 = scale.astype(jnp.float32)
+        a = scale32 * jnp.repeat(rstd, c // g, axis=1)                                  # [B, C]
+        d = bias.astype(jnp.float32) - jnp.repeat(mean * rstd, c // g, axis=1) * scale32
         y = xs * spread(a, xs.shape[1]) + spread(d, xs.shape[1])
-        return y.astype(jnp.promote_types(jnp.promote_types(x.dtype, scale.dtype), bias.dtype)).reshape(x.shape)
+        return y.astype(jnp.result_type(x.dtype, scale.dtype, bias.dtype)).reshape(x.shape)
 
 
 class Conv(nn.Module):
@@ -98,7 +99,7 @@ class Conv(nn.Module):
     def __call__(self, x):
         kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        dtype = jnp.promote_types(jnp.promote_types(x.dtype, kernel.dtype), bias.dtype)      # as flax
+        dtype = jnp.result_type(x.dtype, kernel.dtype, bias.dtype)                     # as flax
         y = jax.lax.conv_general_dilated(x.astype(dtype), kernel.astype(dtype), (1, 1),
                                          [(self.padding, self.padding)] * 2,
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
