@@ -126,6 +126,39 @@ def test_conv_has_flax_parameters_and_matches_flax_conv(sums):
         g_ref = jax.grad(loss(ref), argnums=(0, 1))(params, x)
         for a, b in zip(jax.tree_util.tree_leaves(g_ours), jax.tree_util.tree_leaves(g_ref)):
             np.testing.assert_allclose(a, b, rtol=0, atol=144 * EPS32 * 25 * 8)
+        # forward mode (conv_cpu's custom JVP): tangents in parameters and input, each alone and together
+        tp = jax.tree_util.tree_map(lambda p: jnp.asarray(_x(p.shape, 4, 0.0, 0.1)), params)
+        tx = jnp.asarray(_x(x.shape, 5, 0.0, 1.0))
+        for t in ((tp, tx), (tp, jnp.zeros_like(tx)), (jax.tree_util.tree_map(jnp.zeros_like, tp), tx)):
+            _, j_ours = jax.jvp(ours.apply, (params, x), t)
+            _, j_ref = jax.jvp(ref.apply, (params, x), t)
+            # two 144-term sums of size ≤ 5·0.6 plus the bias tangent
+            np.testing.assert_allclose(j_ours, j_ref, rtol=0, atol=2 * 144 * EPS32 * 3 * 4)
+
+
+def test_to_chwn_is_the_n_c_permutation():
+    x = _x((5, 4, 3, 7))
+    np.testing.assert_array_equal(fl.to_chwn(jnp.asarray(x)), np.transpose(x, (3, 1, 2, 0)))
+
+
+def test_cpu_conv_weight_gradient_needs_no_n_c_permutation():
+    """XLA:CPU's weight-gradient convolution reads x as [C,H,W,N]; permuting NHWC x there in one pass re-reads
+    every input line ~16 times. conv_cpu hands it x already in that layout; the plain form leaves XLA a
+    transpose with dimensions {3,1,2,0} of the whole activation."""
+    x = jnp.asarray(_x((8, 16, 16, 32)))
+
+    def permutes(cpu_forms):
+        old, fl.CPU_FORMS = fl.CPU_FORMS, cpu_forms
+        try:
+            params = fl.Conv(32, (3, 3), 1).init(jax.random.PRNGKey(0), x)
+            grad = jax.jit(jax.grad(lambda p, x: jnp.sum(fl.Conv(32, (3, 3), 1).apply(p, x) ** 2)))
+            hlo = grad.lower(params, x).compile().as_text()
+        finally:
+            fl.CPU_FORMS = old
+        return re.findall(r"f32\[32,16,16,8\]\S* transpose\(", hlo) + \
+            re.findall(r"f32\[8,16,16,32\]\S* transpose\([^)]*\), dimensions=\{3,1,2,0\}", hlo)
+    assert permutes(True) == []
+    assert permutes(False) != []
 
 
 def test_per_channel_add_gradients_are_the_float64_sums(sums):
