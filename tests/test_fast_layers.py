@@ -6,6 +6,8 @@ than the reference; a recursive float32 sum has relative error ≤ n·2⁻²⁴ 
 and pairwise orders are far below it), and the GroupNorm variance E[x²] − E[x]² at mean 1, std 2 loses a factor
 (m² + σ²)/σ² = 1.25 more. Tolerances are set from these worst cases, not from observed differences.
 """
+import contextlib
+import io
 import re
 
 import flax.linen as nn
@@ -79,6 +81,43 @@ def test_group_norm_equals_float64_and_flax_values_grads_and_jvp(sums):
     j_ours = jax.jvp(lambda x: ours.apply(params, x), (x,), (tangent,))[1]
     j_ref = jax.jvp(lambda x: ref.apply(params, x), (x,), (tangent,))[1]
     assert np.abs(np.asarray(j_ours) - np.asarray(j_ref)).max() <= bound * 4   # |tangent| ≤ 5 in place of |x|
+
+
+def test_group_norm_silu_equals_flax_and_keeps_only_the_sums_for_the_backward_pass(sums):
+    x = _x((3, 8, 8, 16))
+    ours, ref = fl.GroupNorm(4, 1e-6, silu=True), nn.GroupNorm(num_groups=4, epsilon=1e-6)
+    rng = np.random.default_rng(1)
+    params = {"params": {"scale": jnp.asarray(1 + 0.3 * rng.standard_normal(16), jnp.float32),
+                         "bias": jnp.asarray(0.3 * rng.standard_normal(16), jnp.float32)}}
+    silu64 = lambda y: y / (1 + np.exp(-y))
+    y64 = _group_norm64(x, 4, np.asarray(params["params"]["scale"]), np.asarray(params["params"]["bias"]), 1e-6)
+    # SiLU' ∈ [−0.1, 1.1]: the GroupNorm bound of the test above times 1.1, plus SiLU's own few roundings of |y| ≤ 10
+    u, m, n = EPS32, 192, 256
+    assert np.abs(np.asarray(ours.apply(params, x)) - silu64(y64)).max() <= 1.1 * 2 * 8 * n * u + 8 * u * 10
+    cot = jnp.asarray(_x(x.shape, 2, 0.0, 1.0))
+    g_ours = jax.grad(lambda p, x: jnp.sum(ours.apply(p, x) * cot), argnums=(0, 1))(params, x)
+    g_ref = jax.grad(lambda p, x: jnp.sum(nn.silu(ref.apply(p, x)) * cot), argnums=(0, 1))(params, x)
+    # the bounds of the GroupNorm gradient test with the cotangent scaled by SiLU' (≤ 1.1), plus SiLU' itself
+    # evaluated with relative error ≤ 8u on each of ≤ m terms of size ≤ 4·1.1·5
+    dxhat = 8 * n * u
+    tol = {"bias": m * u * 4 * m, "scale": m * u * 20 * m + 4 * m * dxhat,
+           "x": 0.6 * (n * u * 6.4 + 5 * n * u * 32 + dxhat * (6.4 + 32))}
+    pairs = {"bias": (g_ours[0]["params"]["bias"], g_ref[0]["params"]["bias"]),
+             "scale": (g_ours[0]["params"]["scale"], g_ref[0]["params"]["scale"]), "x": (g_ours[1], g_ref[1])}
+    for name, (a, b) in pairs.items():
+        bound = 2 * 1.1 * tol[name] + 8 * u * m * 22
+        assert np.abs(np.asarray(a) - np.asarray(b)).max() <= bound, name
+        assert bound < 0.05 * np.abs(np.asarray(b)).max(), name
+    tangent = jnp.asarray(_x(x.shape, 3, 0.0, 1.0))
+    j_ours = jax.jvp(lambda x: ours.apply(params, x), (x,), (tangent,))[1]
+    j_ref = jax.jvp(lambda x: nn.silu(ref.apply(params, x)), (x,), (tangent,))[1]
+    assert np.abs(np.asarray(j_ours) - np.asarray(j_ref)).max() <= 1.1 * 2 * 8 * n * u * 4 + 8 * u * 10
+    # the backward pass keeps x, the parameters and the [B, C] sums; the plain form stores whole activations
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        jax.ad_checkpoint.print_saved_residuals(lambda p, x: ours.apply(p, x), params, x)
+    big = [r for r in buf.getvalue().splitlines() if r.startswith(("f32[3,8,8,16]", "f32[3,64,16]"))]
+    assert (big == ["f32[3,8,8,16] from the argument x"]) == sums, big
 
 
 def test_group_norm_epsilon_is_added_to_the_variance(sums):

@@ -42,14 +42,14 @@ class UNetBlock(nn.Module):
     def __call__(self, x, emb, train=False, example_ids=None):
         c_in, c_out = x.shape[-1], self.out_channels
         orig = x
-        h = nn.silu(group_norm(c_in, name="norm0")(x))
+        h = group_norm(c_in, name="norm0", silu=True)(x)
         if self.up:
             h = upsample(h)
         if self.down:
             h = downsample(h)
         h = Conv(c_out, (3, 3), 1, kernel_init=_init, name="conv0")(h)
         h = add_per_example(h, nn.Dense(c_out, kernel_init=_init, name="affine")(emb))
-        h = nn.silu(group_norm(c_out, name="norm1")(h))
+        h = group_norm(c_out, name="norm1", silu=True)(h)
         h = dropout(self, h, self.dropout, train, example_ids)
         h = Conv(c_out, (3, 3), 1, kernel_init=_init_zero, name="conv1")(h)
         if c_out != c_in or self.up or self.down:
@@ -124,5 +124,5 @@ class DDPMpp(nn.Module):
                 h = jnp.concatenate([h, skips.pop()], axis=-1)
                 h = UNetBlock(self.model_channels * mult, attention=(i == self.num_blocks and r in self.attn_resolutions),
                               name=f"dec_{r}_block{i}", **kw)(h, emb, train, example_ids)
-        h = nn.silu(group_norm(h.shape[-1], name="dec_aux_norm")(h))
+        h = group_norm(h.shape[-1], name="dec_aux_norm", silu=True)(h)
         return Conv(self.out_channels or c_img, (3, 3), 1, kernel_init=_init_zero, name="dec_aux_conv")(h)

@@ -19,6 +19,7 @@ from typing import Callable, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 from jax.custom_derivatives import SymbolicZero
 
 _HI = jax.lax.Precision.HIGHEST
@@ -70,28 +71,40 @@ def add_bias(x, bias):
 
 
 class GroupNorm(nn.Module):
-    """nn.GroupNorm (fast variance E[x²] − E[x]², statistics in float32) on x [B, H, W, C]."""
+    """nn.GroupNorm (fast variance E[x²] − E[x]², statistics in float32) on x [B, H, W, C], then SiLU if
+    `silu`; on the CPU that pair is recomputed in the backward pass from x and the statistics instead of
+    storing the normalised values and the sigmoid (two full activations written and read back per layer)."""
     num_groups: int
     epsilon: float = 1e-6
+    silu: bool = False
 
     @nn.compact
     def __call__(self, x):
-        b, c, g = x.shape[0], x.shape[-1], self.num_groups
+        c, g = x.shape[-1], self.num_groups
         if c % g:
             raise ValueError(f"GroupNorm: {c} channels are not divisible into num_groups={g}")
         scale = self.param("scale", nn.initializers.ones, (c,))
         bias = self.param("bias", nn.initializers.zeros, (c,))
-        xs = x.reshape(b, -1, c).astype(jnp.float32)                   # [B, n, C]
-        count = xs.shape[1] * (c // g)
-        s1, s2 = total(xs), total(xs * xs)                             # [B, C]
-        mean = s1.reshape(b, g, -1).sum(-1) / count                    # [B, G]
-        var = jnp.maximum(s2.reshape(b, g, -1).sum(-1) / count - mean * mean, 0.0)
-        rstd = jax.lax.rsqrt(var + self.epsilon)
-        scale32 = scale.astype(jnp.float32)
-        a = scale32 * jnp.repeat(rstd, c // g, axis=1)                                  # [B, C]
-        d = bias.astype(jnp.float32) - jnp.repeat(mean * rstd, c // g, axis=1) * scale32
-        y = xs * spread(a, xs.shape[1]) + spread(d, xs.shape[1])
-        return y.astype(jnp.result_type(x.dtype, scale.dtype, bias.dtype)).reshape(x.shape)
+        f = partial(_group_norm, groups=g, eps=self.epsilon, silu=self.silu)
+        if self.silu and _cpu_forms():
+            f = jax.checkpoint(f, policy=jax.checkpoint_policies.save_only_these_names("group_norm_sums"))
+        return f(x, scale, bias)
+
+
+def _group_norm(x, scale, bias, groups, eps, silu):
+    b, c, g = x.shape[0], x.shape[-1], groups
+    xs = x.reshape(b, -1, c).astype(jnp.float32)                   # [B, n, C]
+    count = xs.shape[1] * (c // g)
+    s1, s2 = checkpoint_name((total(xs), total(xs * xs)), "group_norm_sums")      # [B, C] each
+    mean = s1.reshape(b, g, -1).sum(-1) / count                    # [B, G]
+    var = jnp.maximum(s2.reshape(b, g, -1).sum(-1) / count - mean * mean, 0.0)
+    rstd = jax.lax.rsqrt(var + eps)
+    scale32 = scale.astype(jnp.float32)
+    a = scale32 * jnp.repeat(rstd, c // g, axis=1)                                  # [B, C]
+    d = bias.astype(jnp.float32) - jnp.repeat(mean * rstd, c // g, axis=1) * scale32
+    y = xs * spread(a, xs.shape[1]) + spread(d, xs.shape[1])
+    y = y.astype(jnp.result_type(x.dtype, scale.dtype, bias.dtype)).reshape(x.shape)
+    return nn.silu(y) if silu else y
 
 
 class Conv(nn.Module):

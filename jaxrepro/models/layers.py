@@ -16,9 +16,9 @@ def positional_embedding(c_noise, num_channels, max_positions=10000, endpoint=Tr
     return jnp.concatenate([jnp.sin(arg), jnp.cos(arg)], axis=1)
 
 
-def group_norm(channels, eps=1e-6, name=None):
-    """GroupNorm with min(32, channels // 4) groups of this layer's channels (EDM)."""
-    return GroupNorm(num_groups=min(32, channels // 4), epsilon=eps, name=name)
+def group_norm(channels, eps=1e-6, name=None, silu=False):
+    """GroupNorm with min(32, channels // 4) groups of this layer's channels (EDM), SiLU after it if `silu`."""
+    return GroupNorm(num_groups=min(32, channels // 4), epsilon=eps, silu=silu, name=name)
 
 
 def null_labels(batch, num_classes):
