@@ -4,7 +4,7 @@ Autodiff transposes a broadcast into a reduce-sum, and XLA:CPU lowers a reduce o
 of an NHWC activation to a strided loop: 12–23 ms for one [64,32,32,64] bias gradient, where a matmul
 with a ones vector takes ~1.2 ms. Writing every broadcast of a per-channel vector as an outer product
 with ones makes its transpose a matmul, in reverse and forward mode alike (grad, jvp and vmap all work).
-3×3 convolutions (`conv_cpu`) have one custom JVP rule, exact in both modes, that hands the weight
+Convolutions other than 1×1 (`conv_cpu`) have one custom JVP rule, exact in both modes, that hands the weight
 gradient x already permuted to [C,H,W,N]: XLA:CPU's own N↔C permutation there runs at ~1 GB/s.
 Off the CPU the plain broadcast and convolution are used. Parameters (names, shapes,
 initialisers) are those of flax's nn.GroupNorm and nn.Conv, so checkpoints and EDM imports are unchanged.
@@ -65,7 +65,7 @@ def add_per_example(x, v):
 def add_bias(x, bias):
     """x [B, ..., C] + bias [C]; the gradient sums per example first (a batched matvec, ~5× faster on
     XLA:CPU than one [1, B·H·W] × [B·H·W, C] matvec)."""
-    if x.ndim < 2:
+    if x.ndim < 2 or x.size == 0:
         return x + bias.astype(x.dtype)
     return add_per_example(x, jnp.broadcast_to(bias.astype(x.dtype), (x.shape[0], x.shape[-1])))
 
