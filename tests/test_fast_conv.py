@@ -25,13 +25,10 @@ def test_cpu_conv_weight_gradient_needs_no_n_c_permutation():
     x = jnp.asarray(_x((8, 16, 16, 32)))
 
     def permutes(cpu_forms):
-        old, fl.CPU_FORMS = fl.CPU_FORMS, cpu_forms
-        try:
+        with fl.forms(cpu_forms):
             params = fl.Conv(24, (3, 3), 1).init(jax.random.PRNGKey(0), x)
             grad = jax.jit(jax.grad(lambda p, x: jnp.sum(fl.Conv(24, (3, 3), 1).apply(p, x) ** 2)))
             hlo = grad.lower(params, x).compile().as_text()
-        finally:
-            fl.CPU_FORMS = old
         return re.findall(r"f32\[32,16,16,8\]\S* transpose\(", hlo) + \
             re.findall(r"f32\[8,16,16,32\]\S* transpose\([^)]*\), dimensions=\{3,1,2,0\}", hlo)
     assert permutes(True) == []

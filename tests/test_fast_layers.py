@@ -24,10 +24,8 @@ EPS32 = 2.0 ** -24
 
 @pytest.fixture(params=[True, False], ids=["matmul_sums", "broadcast"])
 def sums(request):
-    old = fl.CPU_FORMS
-    fl.CPU_FORMS = request.param
-    yield request.param
-    fl.CPU_FORMS = old
+    with fl.forms(request.param):
+        yield request.param
 
 
 def _x(shape, seed=0, mean=1.0, std=2.0):
@@ -219,13 +217,10 @@ def test_matmul_sums_leave_no_pixel_reduction_in_the_cpu_gradient(fused_silu):
             return fl.Conv(32, (3, 3), 1)(h)
 
     def big_reductions(matmul):
-        old, fl.CPU_FORMS = fl.CPU_FORMS, matmul
-        try:
+        with fl.forms(matmul):
             params = Block().init(jax.random.PRNGKey(0), x)
             grad = jax.jit(jax.grad(lambda p: jnp.sum(Block().apply(p, x) ** 2)))
             hlo = grad.lower(params).compile().as_text()
-        finally:
-            fl.CPU_FORMS = old
         sizes = {m[0]: int(np.prod([int(d) for d in m[1].split(",") if d]))
                  for m in re.findall(r"%([\w.\-]+) = f32\[([\d,]*)\]", hlo)}
         operands = re.findall(r" (?:reduce|reduce-window)\(%([\w.\-]+),", hlo)
@@ -270,11 +265,8 @@ def test_materialize_is_the_identity_in_value_gradient_and_jvp(sums):
 def test_materialize_survives_xla_cpu_as_a_conditional():
     """The premise: XLA:CPU keeps the conditional (it drops lax.optimization_barrier before fusion), in the
     forward and in the transposed (gradient) computation."""
-    old, fl.CPU_FORMS = fl.CPU_FORMS, True
-    try:
+    with fl.forms(True):
         f = lambda x: jnp.sum(jnp.sin(fl.materialize(jnp.cos(x) * 2.0)) ** 2)
         x = jnp.ones((4, 8), jnp.float32)
         assert jax.jit(f).lower(x).compile().as_text().count(" conditional(") == 1
         assert jax.jit(jax.grad(f)).lower(x).compile().as_text().count(" conditional(") == 2
-    finally:
-        fl.CPU_FORMS = old

@@ -13,6 +13,7 @@ initialisers) are those of flax's nn.GroupNorm and nn.Conv, so checkpoints and E
 backward pass, its gradient) inside every consumer: before it, DDPM++'s step had 63 fusions reading
 100–770 MB each to write 4–17 MB.
 """
+from contextlib import contextmanager
 from functools import partial
 from typing import Callable, Optional, Sequence
 
@@ -28,6 +29,17 @@ CPU_FORMS: Optional[bool] = None      # None: these forms on the CPU backend onl
 
 def _cpu_forms():
     return jax.default_backend() == "cpu" if CPU_FORMS is None else CPU_FORMS
+
+
+@contextmanager
+def forms(cpu):
+    """Trace with the CPU forms on (True) or the plain ones (False) whatever the backend, then restore."""
+    global CPU_FORMS
+    old, CPU_FORMS = CPU_FORMS, cpu
+    try:
+        yield cpu
+    finally:
+        CPU_FORMS = old
 
 
 def materialize(x):
@@ -121,7 +133,7 @@ class Conv(nn.Module):
         dtype = jnp.result_type(x.dtype, kernel.dtype, bias.dtype)                     # as flax
         conv = conv_cpu if _cpu_forms() and tuple(self.kernel_size) != (1, 1) else _conv
         y = conv(x.astype(dtype), kernel.astype(dtype), self.padding)
-        return add_bias(y, bias.astype(dtype))
+        return add_bias(y, bias)                                                        # cast to y's dtype
 
 
 def _conv(x, w, padding, lhs="NHWC"):
