@@ -58,9 +58,8 @@ class UNetBlock(nn.Module):
         x = (h + orig) * SKIP_SCALE
         if self.attention:
             b, hh, ww, c = x.shape
-            qkv = Conv(3 * c, (1, 1), kernel_init=_init_attn, name="qkv")(group_norm(c, name="norm2")(x))
-            qkv = qkv.reshape(b, hh * ww, c, 3)                       # EDM's channel order (c, 3)
-            q, k, v = qkv[..., 0], qkv[..., 1], qkv[..., 2]           # [B, HW, C]
+            qkv = Conv(3 * c, (1, 1), kernel_init=_init_attn, split=3, name="qkv")  # EDM's channel order (c, 3)
+            q, k, v = (t.reshape(b, hh * ww, c) for t in qkv(group_norm(c, name="norm2")(x)))   # [B, HW, C]
             w = nn.softmax(jnp.einsum("bqc,bkc->bqk", q, k / float(np.sqrt(c))), axis=-1)
             a = jnp.einsum("bqk,bkc->bqc", w, v).reshape(b, hh, ww, c)
             x = (Conv(c, (1, 1), kernel_init=_init_zero, name="proj")(a) + x) * SKIP_SCALE

@@ -1,17 +1,18 @@
-"""GroupNorm, convolution, per-channel adds and a fusion barrier in the forms XLA:CPU runs fast.
+"""GroupNorm, convolution, per-channel adds and fusion barriers in the forms XLA:CPU runs fast.
 
 Autodiff transposes a broadcast into a reduce-sum, and XLA:CPU lowers a reduce over batch and pixels
 of an NHWC activation to a strided loop: 12–23 ms for one [64,32,32,64] bias gradient, where a matmul
 with a ones vector takes ~1.2 ms. Writing every broadcast of a per-channel vector as an outer product
 with ones makes its transpose a matmul, in reverse and forward mode alike (grad, jvp and vmap all work).
-Convolutions other than 1×1 (`conv_cpu`) have one custom JVP rule, exact in both modes, that hands the weight
-gradient x already permuted to [C,H,W,N]: XLA:CPU's own N↔C permutation there runs at ~1 GB/s.
-Off the CPU the plain broadcast and convolution are used. Parameters (names, shapes,
-initialisers) are those of flax's nn.GroupNorm and nn.Conv, so checkpoints and EDM imports are unchanged.
+GroupNorm's per-group sums and per-channel repeats are matmuls with a 0/1 group matrix for the same reason.
+1×1 convolutions are matmuls on [B·H·W, C]; the others (`conv_cpu`) have one custom JVP rule, exact in both
+modes, that hands the weight gradient x already permuted to [C,H,W,N] (the operand layout of XLA:CPU's
+weight-gradient convolution). Off the CPU the plain broadcast and convolution are used. Parameters (names,
+shapes, initialisers) are those of flax's nn.GroupNorm and nn.Conv, so checkpoints and EDM imports are unchanged.
 
 `materialize` stops XLA from recomputing a long elementwise chain (the UNet's residual stream and, in the
 backward pass, its gradient) inside every consumer: before it, DDPM++'s step had 63 fusions reading
-100–770 MB each to write 4–17 MB.
+100–770 MB each to write 4–17 MB. `materialize_tangent` does the same for a gradient alone.
 """
 from contextlib import contextmanager
 from functools import partial
@@ -108,32 +109,80 @@ def _group_norm(x, scale, bias, groups, eps, silu):
     xs = x.reshape(b, -1, c).astype(jnp.float32)                   # [B, n, C]
     count = xs.shape[1] * (c // g)
     s1, s2 = checkpoint_name((total(xs), total(xs * xs)), "group_norm_sums")      # [B, C] each
-    mean = s1.reshape(b, g, -1).sum(-1) / count                    # [B, G]
-    var = jnp.maximum(s2.reshape(b, g, -1).sum(-1) / count - mean * mean, 0.0)
+    group_sum, repeat = _group_ops(g, c)
+    mean = group_sum(s1) / count                                   # [B, G]
+    var = jnp.maximum(group_sum(s2) / count - mean * mean, 0.0)
     rstd = jax.lax.rsqrt(var + eps)
     scale32 = scale.astype(jnp.float32)
-    a = scale32 * jnp.repeat(rstd, c // g, axis=1)                                  # [B, C]
-    d = bias.astype(jnp.float32) - jnp.repeat(mean * rstd, c // g, axis=1) * scale32
+    a = scale32 * repeat(rstd)                                     # [B, C]
+    d = bias.astype(jnp.float32) - repeat(mean * rstd) * scale32
     y = xs * spread(a, xs.shape[1]) + spread(d, xs.shape[1])
     y = y.astype(jnp.result_type(x.dtype, scale.dtype, bias.dtype)).reshape(x.shape)
+    if _cpu_forms():
+        y = materialize_tangent(y)        # the backward's dy, read by the two sums and by dx, is computed once
     return nn.silu(y) if silu else y
 
 
+@jax.custom_jvp
+def materialize_tangent(x):
+    """x, unchanged; its tangent and (transposed) its cotangent are computed once behind a fusion barrier, so
+    XLA:CPU does not recompute a gradient's elementwise chain inside each of its consumers (GroupNorm's
+    backward: 4 fusions each re-reading the incoming gradient, x, the sigmoid and the dropout mask)."""
+    return x
+
+
+@materialize_tangent.defjvp
+def _materialize_tangent_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    if x.size == 0:
+        return x, t
+    probe = x.reshape(-1)[0]                                 # a predicate from the primal keeps this linear in t
+    return x, jax.lax.cond(probe == probe + 1, lambda v: v * 1, lambda v: v, t)
+
+
+def _group_ops(g, c):
+    """(group sum [B, C] → [B, G], repeat [B, G] → [B, C]). On the CPU both are matmuls with the 0/1 group
+    matrix (the repeat exactly: one term per output), so XLA computes the [B, C] values once; fused into
+    the elementwise pass, a reshape or repeat costs an integer division per activation element (forward
+    GroupNorm+SiLU on [64,1024,128]: 2.8 → 1.6 ns per element)."""
+    if not _cpu_forms():
+        return (lambda u: u.reshape(u.shape[0], g, -1).sum(-1)), (lambda u: jnp.repeat(u, c // g, axis=1))
+    e = (jnp.arange(c)[None, :] // (c // g) == jnp.arange(g)[:, None]).astype(jnp.float32)    # [G, C]
+    return (lambda u: jnp.dot(u, e.T, precision=_HI)), (lambda u: jnp.dot(u, e, precision=_HI))
+
+
 class Conv(nn.Module):
-    """nn.Conv (NHWC, HWIO kernel, stride 1, symmetric integer padding) with a matmul-summed bias."""
+    """nn.Conv (NHWC, HWIO kernel, stride 1, symmetric integer padding) with a matmul-summed bias; with
+    split = k > 1 it returns k arrays, output channel j·k + i in the i-th (EDM's interleaved q, k, v), each
+    computed from its own kernel columns instead of sliced out of one output (whose gradient XLA:CPU would
+    assemble from k zero-padded copies)."""
     features: int
     kernel_size: Sequence[int]
     padding: int = 0
     kernel_init: Callable = nn.initializers.lecun_normal()
+    split: int = 1
 
     @nn.compact
     def __call__(self, x):
+        if self.features % self.split:
+            raise ValueError(f"Conv: {self.features} features do not split into {self.split} parts")
         kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         dtype = jnp.result_type(x.dtype, kernel.dtype, bias.dtype)                     # as flax
-        conv = conv_cpu if _cpu_forms() and tuple(self.kernel_size) != (1, 1) else _conv
-        y = conv(x.astype(dtype), kernel.astype(dtype), self.padding)
-        return add_bias(y, bias)                                                        # cast to y's dtype
+        x, kernel = x.astype(dtype), kernel.astype(dtype)
+        if self.split == 1:
+            return add_bias(self._conv(x, kernel), bias)                               # cast to y's dtype
+        k = self.split
+        return tuple(add_bias(self._conv(x, kernel[..., i::k]), bias[i::k]) for i in range(k))
+
+    def _conv(self, x, kernel):
+        if not _cpu_forms():
+            return _conv(x, kernel, self.padding)
+        if tuple(self.kernel_size) == (1, 1) and self.padding == 0:
+            # a matmul on [B·H·W, C]: its weight gradient is one transposed-operand matmul, where XLA:CPU
+            # runs a 1×1 convolution's as a convolution over the whole image after permuting both operands
+            return jnp.dot(x.reshape(-1, x.shape[-1]), kernel[0, 0]).reshape(*x.shape[:-1], -1)
+        return conv_cpu(x, kernel, self.padding)
 
 
 def _conv(x, w, padding, lhs="NHWC"):
@@ -143,8 +192,10 @@ def _conv(x, w, padding, lhs="NHWC"):
 
 
 def to_chwn(x):
-    """x [N,H,W,C] → [C,H,W,N] in two passes that each read whole cache lines (XLA:CPU's one-pass N↔C
-    permutation walks the input at a stride of H·W·C and re-reads every line ~16 times)."""
+    """x [N,H,W,C] → [C,H,W,N] as two permutations with a fusion barrier between them (XLA:CPU's one-pass
+    N↔C permutation walks the input at a stride of H·W·C). In the compiled step XLA's layout assignment moves
+    the first permutation into the barrier's copy; measured in the DDPM++ step (2026-11-29) this costs the same
+    as XLA's own one-pass permutation."""
     n, h, w, c = x.shape
     y = materialize(jnp.transpose(x.reshape(n, h * w, c), (1, 2, 0)))                   # [HW, C, N]
     return jnp.transpose(y, (1, 0, 2)).reshape(c, h, w, n)

@@ -1,0 +1,136 @@
+"""fast_layers' CPU forms beyond test_fast_layers.py: Conv(split=k), 1×1 convolutions as matmuls, GroupNorm's
+group matrix, and the tangent-only fusion barrier — values and derivatives against independent references
+(flax's nn.Conv, jnp.repeat, float64 sums, the same function without the barrier), plus the premises on
+XLA:CPU's compiled HLO that make each form worth having.
+
+Error bounds as in test_fast_layers.py: a float32 sum of n terms of size ≤ s, summed in another order than the
+reference, is off by ≤ n·2⁻²⁴·n·s in the worst case; the tolerances below are that bound, not observed errors.
+"""
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrepro.models import fast_layers as fl
+
+EPS32 = 2.0 ** -24
+
+
+@pytest.fixture(params=[True, False], ids=["cpu_forms", "plain"])
+def forms(request):
+    with fl.forms(request.param):
+        yield request.param
+
+
+def _x(shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("kernel,pad,split", [((1, 1), 0, 3), ((3, 3), 1, 2)])
+def test_conv_split_returns_the_interleaved_channels_of_flax_conv(forms, kernel, pad, split):
+    """Part i is channels i, i+k, i+2k, … of nn.Conv with the same parameters, in value and in gradient."""
+    x = jnp.asarray(_x((2, 6, 6, 8)))
+    ours, ref = fl.Conv(6, kernel, pad, split=split), nn.Conv(6, kernel, padding=pad)
+    params = ours.init(jax.random.PRNGKey(0), x)
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda a, b: bool(jnp.all(a == b)), params,
+                                                         ref.init(jax.random.PRNGKey(0), x)))
+    params = jax.tree_util.tree_map(lambda p: p + 0.1, params)
+    parts, full = ours.apply(params, x), ref.apply(params, x)
+    assert len(parts) == split
+    n = kernel[0] * kernel[1] * 8                                      # terms per output, each |x·w| ≤ 4·1.1
+    for i, part in enumerate(parts):
+        np.testing.assert_allclose(part, full[..., i::split], rtol=0, atol=n * n * EPS32 * 4.4)
+    cot = [jnp.asarray(_x(p.shape, 3 + i)) for i, p in enumerate(parts)]
+    cot_full = jnp.stack(cot, -1).reshape(full.shape)                  # channel j·k + i ← cot[i][..., j]
+    g_ours = jax.grad(lambda p, x: sum(jnp.sum(a * c) for a, c in zip(ours.apply(p, x), cot)), (0, 1))(params, x)
+    g_ref = jax.grad(lambda p, x: jnp.sum(ref.apply(p, x) * cot_full), (0, 1))(params, x)
+    m = 2 * 6 * 6 * 6                                                  # ≤ 432 terms of size ≤ 4·4
+    for a, b in zip(jax.tree_util.tree_leaves(g_ours), jax.tree_util.tree_leaves(g_ref)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=m * m * EPS32 * 16)
+
+
+def test_conv_split_refuses_features_that_do_not_divide():
+    with pytest.raises(ValueError, match="7 features do not split into 3"):
+        fl.Conv(7, (1, 1), split=3).init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 2)))
+
+
+def test_cpu_1x1_weight_gradient_is_a_matmul_without_permuting_the_activation():
+    """The premise: XLA:CPU runs a 1×1 convolution's weight gradient as a convolution over the whole image
+    after permuting x and the output gradient to batch-minor layouts; as a matmul on [B·H·W, C] it is one
+    transposed-operand dot and nothing of activation size is permuted."""
+    x = jnp.asarray(_x((8, 16, 16, 32)))
+
+    def compiled(cpu):
+        with fl.forms(cpu):
+            conv = fl.Conv(24, (1, 1))
+            params = conv.init(jax.random.PRNGKey(0), x)
+            return jax.jit(jax.grad(lambda p: jnp.sum(conv.apply(p, x) ** 2))).lower(params).compile().as_text()
+    big = r"f32\[(?:32,16,16,8|8,16,16,32|24,16,16,8|8,16,16,24|16,16,8,24|16,16,8,32)\]"
+    cpu, plain = compiled(True), compiled(False)
+    assert " convolution(" not in cpu and not re.findall(big + r"\S* (?:transpose|copy)\(", cpu)
+    assert re.findall(r" convolution\(.*window=\{size=16x16", plain)
+
+
+@pytest.mark.parametrize("c,g", [(16, 4), (128, 32), (12, 3)])
+def test_group_ops_repeat_exactly_and_sum_like_float64(forms, c, g):
+    group_sum, repeat = fl._group_ops(g, c)
+    u = _x((5, g), 1)
+    np.testing.assert_array_equal(repeat(jnp.asarray(u)), np.repeat(u, c // g, axis=1))   # one term each: exact
+    v = _x((5, c), 2)
+    ref = v.astype(np.float64).reshape(5, g, -1).sum(-1)
+    n = c // g                                                                             # terms, |v| ≤ 5
+    np.testing.assert_allclose(group_sum(jnp.asarray(v)), ref, rtol=0, atol=n * n * EPS32 * 5)
+
+
+def test_materialize_tangent_is_the_identity_to_second_order():
+    x = jnp.asarray(np.array([[1.5, -0.0, np.inf], [np.nan, 3e30, -2.0]], np.float32))
+    y = fl.materialize_tangent(x)
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(x))
+    assert np.signbit(np.asarray(y)[0, 1])
+    z, t = jnp.asarray(_x((3, 4))), jnp.asarray(_x((3, 4), 1))
+    np.testing.assert_array_equal(jax.jvp(fl.materialize_tangent, (z,), (t,))[1], t)
+    np.testing.assert_array_equal(jax.vjp(fl.materialize_tangent, z)[1](t)[0], t)
+    np.testing.assert_array_equal(jax.vmap(lambda t: jax.jvp(fl.materialize_tangent, (z,), (t,))[1])(t[None]), t[None])
+    np.testing.assert_array_equal(jax.jvp(fl.materialize_tangent, (jnp.zeros((0, 3)),), (jnp.zeros((0, 3)),))[1],
+                                  np.zeros((0, 3)))
+    f = lambda g: (lambda x: jnp.sum(jnp.sin(g(x) * x) ** 2))
+    # the barrier only routes values: the same float32 operations in the same order, so equal bit for bit
+    np.testing.assert_array_equal(jax.hessian(f(fl.materialize_tangent))(z[0]), jax.hessian(f(lambda v: v))(z[0]))
+    np.testing.assert_array_equal(jax.grad(f(fl.materialize_tangent))(z), jax.grad(f(lambda v: v))(z))
+
+
+def test_group_norm_backward_computes_its_incoming_gradient_once_on_the_cpu():
+    """The premise: with the barrier, XLA:CPU keeps a conditional in GroupNorm's backward only (the forward
+    has none), so the gradient w.r.t. the normalised values is one buffer instead of being recomputed in each
+    of its consumers (the two sums and dx)."""
+    x = jnp.asarray(_x((8, 16, 16, 32)))
+
+    def conditionals(cpu, grad):
+        with fl.forms(cpu):
+            gn = fl.GroupNorm(8, silu=True)
+            params = gn.init(jax.random.PRNGKey(0), x)
+            loss = lambda p, x: jnp.sum(gn.apply(p, x) ** 2)
+            f = jax.grad(loss, (0, 1)) if grad else loss
+            return jax.jit(f).lower(params, x).compile().as_text().count(" conditional(")
+    assert conditionals(True, grad=False) == 0
+    assert conditionals(True, grad=True) >= 1
+    assert conditionals(False, grad=True) == 0
+
+
+def test_group_norm_per_channel_affine_is_computed_once_per_example_on_the_cpu():
+    """The premise of the group matrix: on the CPU the [B, G] → [B, C] repeat is a dot (XLA computes the
+    per-channel scale and shift once), where jnp.repeat is fused into the elementwise pass as index arithmetic
+    on every activation element."""
+    x = jnp.asarray(_x((8, 16, 16, 32)))
+
+    def repeat_dots(cpu):
+        with fl.forms(cpu):
+            gn = fl.GroupNorm(8, silu=True)
+            params = gn.init(jax.random.PRNGKey(0), x)
+            hlo = jax.jit(gn.apply).lower(params, x).compile().as_text()
+        return re.findall(r"f32\[8,32\]\S* dot\(", hlo)
+    assert len(repeat_dots(True)) >= 1
+    assert repeat_dots(False) == []
