@@ -177,7 +177,7 @@ def test_conv_has_flax_parameters_and_matches_flax_conv(sums):
         g_ref = jax.grad(loss(ref), argnums=(0, 1))(params, x)
         for a, b in zip(jax.tree_util.tree_leaves(g_ours), jax.tree_util.tree_leaves(g_ref)):
             np.testing.assert_allclose(a, b, rtol=0, atol=144 * EPS32 * 25 * 8)
-        # forward mode (conv_cpu's custom JVP): tangents in parameters and input, each alone and together
+        # forward mode: tangents in parameters and input, each alone and together
         tp = jax.tree_util.tree_map(lambda p: jnp.asarray(_x(p.shape, 4, 0.0, 0.1)), params)
         tx = jnp.asarray(_x(x.shape, 5, 0.0, 1.0))
         # (closures for one tangent alone, so the rule receives the other as a symbolic zero)

@@ -5,9 +5,8 @@ of an NHWC activation to a strided loop: 12–23 ms for one [64,32,32,64] bias g
 with a ones vector takes ~1.2 ms. Writing every broadcast of a per-channel vector as an outer product
 with ones makes its transpose a matmul, in reverse and forward mode alike (grad, jvp and vmap all work).
 GroupNorm's per-group sums and per-channel repeats are matmuls with a 0/1 group matrix for the same reason.
-1×1 convolutions are matmuls on [B·H·W, C]; the others (`conv_cpu`) have one custom JVP rule, exact in both
-modes, that hands the weight gradient x already permuted to [C,H,W,N] (the operand layout of XLA:CPU's
-weight-gradient convolution). Off the CPU the plain broadcast and convolution are used. Parameters (names,
+1×1 convolutions are matmuls on [B·H·W, C] (XLA:CPU runs their weight gradient as a whole-image convolution
+after permuting both operands). Off the CPU the plain broadcast and convolution are used. Parameters (names,
 shapes, initialisers) are those of flax's nn.GroupNorm and nn.Conv, so checkpoints and EDM imports are unchanged.
 
 `materialize` stops XLA from recomputing a long elementwise chain (the UNet's residual stream and, in the
@@ -22,7 +21,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
-from jax.custom_derivatives import SymbolicZero
 
 _HI = jax.lax.Precision.HIGHEST
 CPU_FORMS: Optional[bool] = None      # None: these forms on the CPU backend only; tests set True/False
@@ -176,44 +174,14 @@ class Conv(nn.Module):
         return tuple(add_bias(self._conv(x, kernel[..., i::k]), bias[i::k]) for i in range(k))
 
     def _conv(self, x, kernel):
-        if not _cpu_forms():
-            return _conv(x, kernel, self.padding)
-        if tuple(self.kernel_size) == (1, 1) and self.padding == 0:
+        if _cpu_forms() and tuple(self.kernel_size) == (1, 1) and self.padding == 0:
             # a matmul on [B·H·W, C]: its weight gradient is one transposed-operand matmul, where XLA:CPU
             # runs a 1×1 convolution's as a convolution over the whole image after permuting both operands
             return jnp.dot(x.reshape(-1, x.shape[-1]), kernel[0, 0]).reshape(*x.shape[:-1], -1)
-        return conv_cpu(x, kernel, self.padding)
+        return _conv(x, kernel, self.padding)
 
 
-def _conv(x, w, padding, lhs="NHWC"):
-    """Stride-1 convolution, HWIO kernel, NHWC output, `padding` pixels on every side."""
+def _conv(x, w, padding):
+    """Stride-1 convolution, NHWC input and output, HWIO kernel, `padding` pixels on every side."""
     return jax.lax.conv_general_dilated(x, w, (1, 1), [(padding, padding)] * 2,
-                                        dimension_numbers=(lhs, "HWIO", "NHWC"))
-
-
-def to_chwn(x):
-    """x [N,H,W,C] → [C,H,W,N] as two permutations with a fusion barrier between them (XLA:CPU's one-pass
-    N↔C permutation walks the input at a stride of H·W·C). In the compiled step XLA's layout assignment moves
-    the first permutation into the barrier's copy; measured in the DDPM++ step (2026-11-29) this costs the same
-    as XLA's own one-pass permutation."""
-    n, h, w, c = x.shape
-    y = materialize(jnp.transpose(x.reshape(n, h * w, c), (1, 2, 0)))                   # [HW, C, N]
-    return jnp.transpose(y, (1, 0, 2)).reshape(c, h, w, n)
-
-
-@partial(jax.custom_jvp, nondiff_argnums=(2,))
-def conv_cpu(x, w, padding):
-    """_conv(x, w, padding) whose weight derivative reads x as [C,H,W,N], the operand layout of XLA:CPU's
-    weight-gradient convolution (so XLA does not permute x itself)."""
-    return _conv(x, w, padding)
-
-
-def _conv_cpu_jvp(padding, primals, tangents):
-    (x, w), (tx, tw) = primals, tangents
-    terms = [] if isinstance(tx, SymbolicZero) else [_conv(tx, w, padding)]
-    if not isinstance(tw, SymbolicZero):
-        terms.append(_conv(to_chwn(x), tw, padding, lhs="CHWN"))
-    return _conv(x, w, padding), sum(terms[1:], terms[0])
-
-
-conv_cpu.defjvp(_conv_cpu_jvp, symbolic_zeros=True)
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
