@@ -3,8 +3,9 @@ group matrix, and the tangent-only fusion barrier — values and derivatives aga
 (flax's nn.Conv, jnp.repeat, float64 sums, the same function without the barrier), plus the premises on
 XLA:CPU's compiled HLO that make each form worth having.
 
-Error bounds as in test_fast_layers.py: a float32 sum of n terms of size ≤ s, summed in another order than the
-reference, is off by ≤ n·2⁻²⁴·n·s in the worst case; the tolerances below are that bound, not observed errors.
+Error bounds as in test_fast_layers.py: a float32 sum of n terms of size ≤ s is off by ≤ n·2⁻²⁴·n·s in the
+worst case (plus one rounding per product); two such computations in different orders differ by at most twice
+that, which is the tolerance used below (2·n²·u·s), not an observed error.
 """
 import re
 
@@ -42,14 +43,14 @@ def test_conv_split_returns_the_interleaved_channels_of_flax_conv(forms, kernel,
     assert len(parts) == split
     n = kernel[0] * kernel[1] * 8                                      # terms per output, each |x·w| ≤ 4·1.1
     for i, part in enumerate(parts):
-        np.testing.assert_allclose(part, full[..., i::split], rtol=0, atol=n * n * EPS32 * 4.4)
+        np.testing.assert_allclose(part, full[..., i::split], rtol=0, atol=2 * n * n * EPS32 * 4.4)
     cot = [jnp.asarray(_x(p.shape, 3 + i)) for i, p in enumerate(parts)]
     cot_full = jnp.stack(cot, -1).reshape(full.shape)                  # channel j·k + i ← cot[i][..., j]
     g_ours = jax.grad(lambda p, x: sum(jnp.sum(a * c) for a, c in zip(ours.apply(p, x), cot)), (0, 1))(params, x)
     g_ref = jax.grad(lambda p, x: jnp.sum(ref.apply(p, x) * cot_full), (0, 1))(params, x)
     m = 2 * 6 * 6 * 6                                                  # ≤ 432 terms of size ≤ 4·4
     for a, b in zip(jax.tree_util.tree_leaves(g_ours), jax.tree_util.tree_leaves(g_ref)):
-        np.testing.assert_allclose(a, b, rtol=0, atol=m * m * EPS32 * 16)
+        np.testing.assert_allclose(a, b, rtol=0, atol=2 * m * m * EPS32 * 16)
 
 
 def test_conv_split_refuses_features_that_do_not_divide():
@@ -68,21 +69,31 @@ def test_cpu_1x1_weight_gradient_is_a_matmul_without_permuting_the_activation():
             conv = fl.Conv(24, (1, 1))
             params = conv.init(jax.random.PRNGKey(0), x)
             return jax.jit(jax.grad(lambda p: jnp.sum(conv.apply(p, x) ** 2))).lower(params).compile().as_text()
-    big = r"f32\[(?:32,16,16,8|8,16,16,32|24,16,16,8|8,16,16,24|16,16,8,24|16,16,8,32)\]"
     cpu, plain = compiled(True), compiled(False)
-    assert " convolution(" not in cpu and not re.findall(big + r"\S* (?:transpose|copy)\(", cpu)
-    assert re.findall(r" convolution\(.*window=\{size=16x16", plain)
+
+    def permutations(hlo):              # transposes or copies of ≥ one activation's elements, any rank/layout
+        shapes = re.findall(r"= f32\[([\d,]*)\]\S* (?:transpose|copy)\(", hlo)
+        return [s for s in shapes if np.prod([int(d) for d in s.split(",") if d]) >= 8 * 16 * 16 * 24]
+    assert " convolution(" not in cpu and permutations(cpu) == []
+    assert re.findall(r" convolution\(.*window=\{size=16x16", plain) and permutations(plain) != []
+
+
+def test_cpu_1x1_conv_takes_an_empty_batch(forms):
+    conv = fl.Conv(4, (1, 1))
+    x = jnp.zeros((0, 3, 3, 2))
+    assert conv.apply(conv.init(jax.random.PRNGKey(0), jnp.zeros((1, 3, 3, 2))), x).shape == (0, 3, 3, 4)
 
 
 @pytest.mark.parametrize("c,g", [(16, 4), (128, 32), (12, 3)])
 def test_group_ops_repeat_exactly_and_sum_like_float64(forms, c, g):
+    """The repeat is exact (one term per output); the group sum is a float32 sum of c/g terms."""
     group_sum, repeat = fl._group_ops(g, c)
     u = _x((5, g), 1)
     np.testing.assert_array_equal(repeat(jnp.asarray(u)), np.repeat(u, c // g, axis=1))   # one term each: exact
     v = _x((5, c), 2)
     ref = v.astype(np.float64).reshape(5, g, -1).sum(-1)
     n = c // g                                                                             # terms, |v| ≤ 5
-    np.testing.assert_allclose(group_sum(jnp.asarray(v)), ref, rtol=0, atol=n * n * EPS32 * 5)
+    np.testing.assert_allclose(group_sum(jnp.asarray(v)), ref, rtol=0, atol=2 * n * n * EPS32 * 5)
 
 
 def test_materialize_tangent_is_the_identity_to_second_order():
@@ -96,6 +107,10 @@ def test_materialize_tangent_is_the_identity_to_second_order():
     np.testing.assert_array_equal(jax.vmap(lambda t: jax.jvp(fl.materialize_tangent, (z,), (t,))[1])(t[None]), t[None])
     np.testing.assert_array_equal(jax.jvp(fl.materialize_tangent, (jnp.zeros((0, 3)),), (jnp.zeros((0, 3)),))[1],
                                   np.zeros((0, 3)))
+    for first in (np.inf, 3e30):         # probe == probe + 1: the other branch (v·1) of the barrier
+        z1 = z.at[0, 0].set(first)
+        np.testing.assert_array_equal(jax.jvp(fl.materialize_tangent, (z1,), (t,))[1], t)
+        np.testing.assert_array_equal(jax.vjp(fl.materialize_tangent, z1)[1](t)[0], t)
     f = lambda g: (lambda x: jnp.sum(jnp.sin(g(x) * x) ** 2))
     # the barrier only routes values: the same float32 operations in the same order, so equal bit for bit
     np.testing.assert_array_equal(jax.hessian(f(fl.materialize_tangent))(z[0]), jax.hessian(f(lambda v: v))(z[0]))
@@ -134,3 +149,18 @@ def test_group_norm_per_channel_affine_is_computed_once_per_example_on_the_cpu()
         return re.findall(r"f32\[8,32\]\S* dot\(", hlo)
     assert len(repeat_dots(True)) >= 1
     assert repeat_dots(False) == []
+
+
+def test_group_norm_overflowing_group_leaves_the_other_groups_as_the_plain_form():
+    """x² overflowing in one group (s2 = inf there, rstd = 0) must not reach the other groups through the
+    CPU form's group matrix (0·inf = NaN): the CPU and plain forms agree to float32 roundings everywhere."""
+    x = _x((2, 4, 4, 16)) + 1.0
+    x[0, 0, 0, 0] = 1e20
+    outs = []
+    for cpu in (True, False):
+        with fl.forms(cpu):
+            gn = fl.GroupNorm(4, silu=True)
+            outs.append(np.asarray(gn.apply(gn.init(jax.random.PRNGKey(0), x), jnp.asarray(x))))
+    assert np.isfinite(outs[0]).all() and np.isfinite(outs[1]).all()
+    # 4·4·4 = 64-term sums of |x| ≤ 6 (groups without the outlier), normalised values ≤ 5, SiLU′ ≤ 1.1
+    np.testing.assert_allclose(outs[0], outs[1], rtol=0, atol=2 * 64 * 64 * EPS32 * 6)

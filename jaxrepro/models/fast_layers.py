@@ -4,7 +4,8 @@ Autodiff transposes a broadcast into a reduce-sum, and XLA:CPU lowers a reduce o
 of an NHWC activation to a strided loop: 12–23 ms for one [64,32,32,64] bias gradient, where a matmul
 with a ones vector takes ~1.2 ms. Writing every broadcast of a per-channel vector as an outer product
 with ones makes its transpose a matmul, in reverse and forward mode alike (grad, jvp and vmap all work).
-GroupNorm's per-group sums and per-channel repeats are matmuls with a 0/1 group matrix for the same reason.
+GroupNorm's per-channel repeat of its [B, G] statistics is a matmul with a 0/1 group matrix (computed once,
+instead of an integer division per activation element).
 1×1 convolutions are matmuls on [B·H·W, C] (XLA:CPU runs their weight gradient as a whole-image convolution
 after permuting both operands). Off the CPU the plain broadcast and convolution are used. Parameters (names,
 shapes, initialisers) are those of flax's nn.GroupNorm and nn.Conv, so checkpoints and EDM imports are unchanged.
@@ -125,7 +126,8 @@ def _group_norm(x, scale, bias, groups, eps, silu):
 def materialize_tangent(x):
     """x, unchanged; its tangent and (transposed) its cotangent are computed once behind a fusion barrier, so
     XLA:CPU does not recompute a gradient's elementwise chain inside each of its consumers (GroupNorm's
-    backward: 4 fusions each re-reading the incoming gradient, x, the sigmoid and the dropout mask)."""
+    backward: its two per-channel sums and dx each re-reading the incoming gradient, x, the sigmoid and
+    the dropout mask)."""
     return x
 
 
@@ -139,14 +141,16 @@ def _materialize_tangent_jvp(primals, tangents):
 
 
 def _group_ops(g, c):
-    """(group sum [B, C] → [B, G], repeat [B, G] → [B, C]). On the CPU both are matmuls with the 0/1 group
-    matrix (the repeat exactly: one term per output), so XLA computes the [B, C] values once; fused into
-    the elementwise pass, a reshape or repeat costs an integer division per activation element (forward
-    GroupNorm+SiLU on [64,1024,128]: 2.8 → 1.6 ns per element)."""
+    """(group sum [B, C] → [B, G], repeat [B, G] → [B, C]). On the CPU the repeat is a matmul with the 0/1
+    group matrix (exact for finite values: one term per output), so XLA computes the [B, C] values once;
+    fused into the elementwise pass it costs an integer division per activation element (forward
+    GroupNorm+SiLU on [64,1024,128]: 2.8 → 1.6 ns per element). A NaN statistic (a NaN or ±inf input)
+    then reaches every channel of its example, not only its group's — as it does after the next conv."""
+    group_sum = lambda u: u.reshape(u.shape[0], g, -1).sum(-1)
     if not _cpu_forms():
-        return (lambda u: u.reshape(u.shape[0], g, -1).sum(-1)), (lambda u: jnp.repeat(u, c // g, axis=1))
+        return group_sum, (lambda u: jnp.repeat(u, c // g, axis=1))
     e = (jnp.arange(c)[None, :] // (c // g) == jnp.arange(g)[:, None]).astype(jnp.float32)    # [G, C]
-    return (lambda u: jnp.dot(u, e.T, precision=_HI)), (lambda u: jnp.dot(u, e, precision=_HI))
+    return group_sum, (lambda u: jnp.dot(u, e, precision=_HI))
 
 
 class Conv(nn.Module):
@@ -177,7 +181,7 @@ class Conv(nn.Module):
         if _cpu_forms() and tuple(self.kernel_size) == (1, 1) and self.padding == 0:
             # a matmul on [B·H·W, C]: its weight gradient is one transposed-operand matmul, where XLA:CPU
             # runs a 1×1 convolution's as a convolution over the whole image after permuting both operands
-            return jnp.dot(x.reshape(-1, x.shape[-1]), kernel[0, 0]).reshape(*x.shape[:-1], -1)
+            return jnp.dot(x.reshape(-1, x.shape[-1]), kernel[0, 0]).reshape(*x.shape[:-1], kernel.shape[-1])
         return _conv(x, kernel, self.padding)
 
 
