@@ -48,8 +48,12 @@ def materialize(x):
     optimization_barrier before fusion; a conditional whose branches both return x survives)."""
     if not _cpu_forms() or x.size == 0:
         return x
-    probe = x.reshape(-1)[0]
-    return jax.lax.cond(probe == probe + 1, lambda v: v * 1, lambda v: v, x)     # both branches give x
+    return _barrier(x, x.reshape(-1)[0])
+
+
+def _barrier(v, probe):
+    """v through a conditional whose branches both give v, on a runtime predicate from the scalar probe."""
+    return jax.lax.cond(probe == probe + 1, lambda v: v * 1, lambda v: v, v)
 
 
 def spread(v, n):
@@ -136,8 +140,7 @@ def _materialize_tangent_jvp(primals, tangents):
     (x,), (t,) = primals, tangents
     if x.size == 0:
         return x, t
-    probe = x.reshape(-1)[0]                                 # a predicate from the primal keeps this linear in t
-    return x, jax.lax.cond(probe == probe + 1, lambda v: v * 1, lambda v: v, t)
+    return x, _barrier(t, x.reshape(-1)[0])          # a predicate from the primal keeps this linear in t
 
 
 def _group_ops(g, c):
