@@ -164,3 +164,68 @@ def test_group_norm_overflowing_group_leaves_the_other_groups_as_the_plain_form(
     assert np.isfinite(outs[0]).all() and np.isfinite(outs[1]).all()
     # 4·4·4 = 64-term sums of |x| ≤ 6 (groups without the outlier), normalised values ≤ 5, SiLU′ ≤ 1.1
     np.testing.assert_allclose(outs[0], outs[1], rtol=0, atol=2 * 64 * 64 * EPS32 * 6)
+
+
+def _duplicated_fusions(hlo, min_elements):
+    """Groups of ≥ 2 activation-sized fusions in the ENTRY computation that read the same activation-sized
+    operands and compute the same operations (the same multiset of opcodes, reshapes aside): one value
+    computed again for each consumer (XLA:CPU duplicates a fusion per output shape)."""
+    entry = hlo[hlo.index("\nENTRY"):]
+    size = {}
+    for name, dims in re.findall(r"^\s*%([\w.\-]+) = \w+\[([\d,]*)\]", entry, re.M):
+        size[name] = int(np.prod([int(d) for d in dims.split(",") if d]))
+    groups = {}
+    for name, operands, called in re.findall(
+            r"^\s*%([\w.\-]+) = \w+\[[\d,]*\]\S* fusion\(([^)]*)\).*?calls=%([\w.\-]+)", entry, re.M):
+        big = tuple(sorted(o for o in re.findall(r"%([\w.\-]+)", operands) if size.get(o, 0) >= min_elements))
+        start = hlo.index(f"%{called} ")
+        body = hlo[start:hlo.index("\n}", start)]
+        ops = tuple(sorted(op for op in re.findall(r"= \S+ (\w[\w-]*)\(", body)
+                           if op not in ("parameter", "bitcast", "broadcast", "reshape", "constant")))
+        if size[name] >= min_elements and len(big) >= 2:
+            groups.setdefault((big, ops), []).append(name)
+    return [v for v in groups.values() if len(v) > 1]
+
+
+def test_group_norm_input_gradient_is_computed_once_on_the_cpu(monkeypatch):
+    """The premise of GroupNorm's input barrier, in a UNet block's pattern (conv → per-example add → GroupNorm
+    + SiLU): the input's gradient feeds the conv's input gradient as [B,H,W,C] and the per-example sums as
+    [B,H·W,C]; without the barrier XLA:CPU computes GroupNorm's dx once per shape (in DDPM++'s step: 31
+    such pairs, A/B −4 % step time)."""
+    x, emb = jnp.asarray(_x((8, 16, 16, 16))), jnp.asarray(_x((8, 32), 1))
+
+    class Block(nn.Module):
+        @nn.compact
+        def __call__(self, x, emb):
+            h = fl.add_per_example(fl.Conv(32, (3, 3), 1)(x), nn.Dense(32)(emb))
+            return fl.GroupNorm(8, silu=True)(h)
+
+    def duplicates():
+        with fl.forms(True):
+            block = Block()
+            params = block.init(jax.random.PRNGKey(0), x, emb)
+            loss = lambda p, x: jnp.sum(block.apply(p, x, emb) ** 2)
+            hlo = jax.jit(jax.grad(loss, (0, 1))).lower(params, x).compile().as_text()
+            return _duplicated_fusions(hlo, 8 * 16 * 16 * 32)
+    assert duplicates() == []
+    monkeypatch.setattr(fl, "materialize_tangent", lambda v: v)        # positive control: no barriers
+    assert duplicates() != []
+
+
+def test_attention_block_residual_is_computed_once_on_the_cpu(monkeypatch):
+    """The premise of the barrier before a UNetBlock's attention: the residual (h + skip)·√½ is read by norm2
+    and by the attention's residual add; without the barrier XLA:CPU recomputes it in both, forward and
+    backward (in DDPM++'s step: 4 groups of 4 fusions at 16×16)."""
+    from jaxrepro.models import ddpmpp
+    x, emb = jnp.asarray(_x((8, 16, 16, 32))), jnp.asarray(_x((8, 64), 1))
+
+    def duplicates():
+        with fl.forms(True):
+            block = ddpmpp.UNetBlock(32, attention=True)
+            params = block.init(jax.random.PRNGKey(0), x, emb)
+            loss = lambda p, x: jnp.sum(block.apply(p, x, emb) ** 2)
+            hlo = jax.jit(jax.grad(loss, (0, 1))).lower(params, x).compile().as_text()
+            return _duplicated_fusions(hlo, 8 * 16 * 16 * 32)
+    assert duplicates() == []
+    monkeypatch.setattr(ddpmpp, "materialize", lambda v: v)        # positive control: no barriers
+    assert duplicates() != []

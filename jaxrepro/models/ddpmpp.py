@@ -57,6 +57,7 @@ class UNetBlock(nn.Module):
             orig = Conv(c_out, (1, 1), kernel_init=_init, name="skip")(skip)
         x = (h + orig) * SKIP_SCALE
         if self.attention:
+            x = materialize(x)        # read by norm2 and the residual add (else recomputed in each, both passes)
             b, hh, ww, c = x.shape
             qkv = Conv(3 * c, (1, 1), kernel_init=_init_attn, split=3, name="qkv")  # EDM's channel order (c, 3)
             q, k, v = (t.reshape(b, hh * ww, c) for t in qkv(group_norm(c, name="norm2")(x)))   # [B, HW, C]
@@ -105,6 +106,7 @@ class DDPMpp(nn.Module):
             r = res >> level
             if level == 0:
                 h = Conv(self.model_channels, (3, 3), 1, kernel_init=_init, name=f"enc_{r}_conv")(h)
+                h = materialize(h)      # the first skip: else its bias add is redone in each use of the concat
             else:
                 h = UNetBlock(h.shape[-1], down=True, name=f"enc_{r}_down", **kw)(h, emb, train, example_ids)
             skips.append(h)

@@ -109,6 +109,8 @@ class GroupNorm(nn.Module):
 
 def _group_norm(x, scale, bias, groups, eps, silu):
     b, c, g = x.shape[0], x.shape[-1], groups
+    if _cpu_forms():
+        x = materialize_tangent(x)        # dx once: XLA:CPU otherwise recomputes it for each consumer's shape
     xs = x.reshape(b, -1, c).astype(jnp.float32)                   # [B, n, C]
     count = xs.shape[1] * (c // g)
     s1, s2 = checkpoint_name((total(xs), total(xs * xs)), "group_norm_sums")      # [B, C] each
