@@ -126,3 +126,25 @@ def test_ddpmpp_in_bfloat16_runs_every_convolution_in_bfloat16():
     jaxpr = str(jax.make_jaxpr(lambda p, x: model.apply(p, x, jnp.ones(2, jnp.bfloat16)))(params, x))
     conv_out = re.findall(r"(\w+)\[[\d,]+\] = conv_general_dilated", jaxpr)
     assert len(conv_out) > 10 and set(conv_out) == {"bf16"}
+
+
+def test_up_block_skip_is_the_1x1_conv_of_the_upsampled_input():
+    """UNetBlock(up=True) runs its 1×1 skip at the input resolution and upsamples after (nearest-neighbour
+    upsampling commutes with a per-pixel linear map); the result must be EDM's order — upsample, then the
+    1×1 conv — computed here in float64. With conv1 zeroed the block's output is skip(up(x))·√½ exactly."""
+    from jaxrepro.models.ddpmpp import SKIP_SCALE, UNetBlock
+    x = np.random.default_rng(0).standard_normal((2, 4, 4, 8)).astype(np.float32)
+    emb = np.random.default_rng(1).standard_normal((2, 16)).astype(np.float32)
+    block = UNetBlock(12, up=True)
+    params = block.init(jax.random.PRNGKey(0), x, emb)
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, v: jnp.zeros_like(v) if "conv1" in jax.tree_util.keystr(path) else v, params)
+    out = np.asarray(block.apply(params, x, emb), np.float64)
+    w = np.asarray(params["params"]["skip"]["kernel"], np.float64)[0, 0]          # [8, 12]
+    b = np.asarray(params["params"]["skip"]["bias"], np.float64)
+    up = np.repeat(np.repeat(x.astype(np.float64), 2, axis=1), 2, axis=2)            # [2, 8, 8, 8]
+    ref = (up @ w + b) * SKIP_SCALE
+    assert out.shape == ref.shape == (2, 8, 8, 12)
+    # 8-term float32 dot products plus the bias, then ×√½: ≤ 10 roundings of values ≤ the sum of |terms|
+    bound = 10 * 2.0 ** -24 * (8 * np.abs(x).max() * np.abs(w).max() + np.abs(b).max())
+    np.testing.assert_allclose(out, ref, rtol=0, atol=bound)

@@ -53,8 +53,9 @@ class UNetBlock(nn.Module):
         h = dropout(self, h, self.dropout, train, example_ids)
         h = Conv(c_out, (3, 3), 1, kernel_init=_init_zero, name="conv1")(h)
         if c_out != c_in or self.up or self.down:
-            skip = upsample(orig) if self.up else downsample(orig) if self.down else orig
-            orig = Conv(c_out, (1, 1), kernel_init=_init, name="skip")(skip)
+            skip = Conv(c_out, (1, 1), kernel_init=_init, name="skip")
+            # a 1×1 conv commutes with nearest-neighbour upsampling: run at the input resolution (¼ of the work)
+            orig = upsample(skip(orig)) if self.up else skip(downsample(orig) if self.down else orig)
         x = (h + orig) * SKIP_SCALE
         if self.attention:
             x = materialize(x)        # read by norm2 and the residual add (else recomputed in each, both passes)
