@@ -1,6 +1,7 @@
 """Shared pieces of the score networks: noise embeddings, group norm, label dropout."""
 import flax.linen as nn
 import jax
+import jax.extend.random
 import jax.numpy as jnp
 import numpy as np
 
@@ -57,13 +58,24 @@ def drop_labels(module, labels, rate, num_classes, train, example_ids=None):
     return jnp.where(keep, labels, num_classes)
 
 
+def _words(key, m):
+    """m uniform uint32 words from `key`: with a threefry key both output words of each Threefry-2x32 hash
+    (m/2 hashes; jax.random.bits hashes once per word and keeps the XOR of the two), else jax.random.bits."""
+    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    impl = str(jax.random.key_impl(key)) if typed else jax.config.jax_default_prng_impl
+    data = jax.random.key_data(key)
+    if "threefry" not in impl or data.shape != (2,) or data.dtype != jnp.uint32:
+        return jax.random.bits(key, (m,), jnp.uint32)
+    return jax.extend.random.threefry_2x32(data, jnp.arange(m, dtype=jnp.uint32))
+
+
 def _example_bits16(module, shape, example_ids):
-    """Uniform uint16 of `shape` [B, ...], two per threefry word (half the hashing of a float32 uniform)."""
+    """Uniform uint16 of `shape` [B, ...], four per Threefry-2x32 hash (two words of two halves each)."""
     key = module.make_rng("dropout")
     n = int(np.prod(shape[1:]))
 
     def draw(k):
-        words = jax.random.bits(k, ((n + 1) // 2,), jnp.uint32)
+        words = _words(k, (n + 1) // 2)
         return jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)[:n].reshape(shape[1:])
     if example_ids is None:
         return jax.vmap(draw)(jax.random.split(key, shape[0]))
