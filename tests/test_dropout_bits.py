@@ -62,3 +62,17 @@ def test_dropout_halfwords_are_balanced_and_uncorrelated():
     pairs = {"halves of a word": (u[0::2], u[1::2]), "words of a hash": (u[:m], u[m:])}
     for name, (a, b) in pairs.items():
         assert abs(np.mean(a * b)) <= 6 / np.sqrt(len(a)), name
+
+
+def test_dropout_words_per_example_under_vmap_and_other_prngs():
+    """Per-example keys fold_in(key, id) under vmap give each example the words of its own key; a key of another
+    PRNG implementation (rbg) gets jax.random.bits' words unchanged."""
+    key = jax.random.PRNGKey(5)
+    ids = jnp.array([3, 0, 9])
+    got = np.asarray(jax.vmap(lambda i: _words(jax.random.fold_in(key, i), 6))(ids))
+    for row, i in zip(got, [3, 0, 9]):
+        k = tuple(int(v) for v in np.asarray(jax.random.key_data(jax.random.fold_in(key, i))))
+        y0, y1 = threefry2x32(k, np.arange(3, dtype=np.uint32), np.arange(3, 6, dtype=np.uint32))
+        np.testing.assert_array_equal(row, np.concatenate([y0, y1]))
+    rbg = jax.random.key(0, impl="rbg")
+    np.testing.assert_array_equal(np.asarray(_words(rbg, 5)), np.asarray(jax.random.bits(rbg, (5,), jnp.uint32)))

@@ -130,8 +130,10 @@ def test_ddpmpp_in_bfloat16_runs_every_convolution_in_bfloat16():
 
 def test_up_block_skip_is_the_1x1_conv_of_the_upsampled_input():
     """UNetBlock(up=True) runs its 1×1 skip at the input resolution and upsamples after (nearest-neighbour
-    upsampling commutes with a per-pixel linear map); the result must be EDM's order — upsample, then the
-    1×1 conv — computed here in float64. With conv1 zeroed the block's output is skip(up(x))·√½ exactly."""
+    upsampling commutes with a per-pixel affine map); the result must be EDM's order — upsample, then the
+    1×1 conv and its bias — computed here in float64, in the CPU and the plain forms. With conv1 zeroed the
+    block's output is skip(up(x))·√½."""
+    from jaxrepro.models import fast_layers
     from jaxrepro.models.ddpmpp import SKIP_SCALE, UNetBlock
     x = np.random.default_rng(0).standard_normal((2, 4, 4, 8)).astype(np.float32)
     emb = np.random.default_rng(1).standard_normal((2, 16)).astype(np.float32)
@@ -139,12 +141,15 @@ def test_up_block_skip_is_the_1x1_conv_of_the_upsampled_input():
     params = block.init(jax.random.PRNGKey(0), x, emb)
     params = jax.tree_util.tree_map_with_path(
         lambda path, v: jnp.zeros_like(v) if "conv1" in jax.tree_util.keystr(path) else v, params)
-    out = np.asarray(block.apply(params, x, emb), np.float64)
+    params["params"]["skip"]["bias"] = jnp.linspace(-3, 3, 12)                     # initialised to zeros
     w = np.asarray(params["params"]["skip"]["kernel"], np.float64)[0, 0]          # [8, 12]
     b = np.asarray(params["params"]["skip"]["bias"], np.float64)
     up = np.repeat(np.repeat(x.astype(np.float64), 2, axis=1), 2, axis=2)            # [2, 8, 8, 8]
     ref = (up @ w + b) * SKIP_SCALE
-    assert out.shape == ref.shape == (2, 8, 8, 12)
     # 8-term float32 dot products plus the bias, then ×√½: ≤ 10 roundings of values ≤ the sum of |terms|
     bound = 10 * 2.0 ** -24 * (8 * np.abs(x).max() * np.abs(w).max() + np.abs(b).max())
-    np.testing.assert_allclose(out, ref, rtol=0, atol=bound)
+    for cpu in (True, False):
+        with fast_layers.forms(cpu):
+            out = np.asarray(block.apply(params, x, emb), np.float64)
+        assert out.shape == ref.shape == (2, 8, 8, 12)
+        np.testing.assert_allclose(out, ref, rtol=0, atol=bound)

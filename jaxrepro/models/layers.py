@@ -60,7 +60,8 @@ def drop_labels(module, labels, rate, num_classes, train, example_ids=None):
 
 def _words(key, m):
     """m uniform uint32 words from `key`: with a threefry key both output words of each Threefry-2x32 hash
-    (m/2 hashes; jax.random.bits hashes once per word and keeps the XOR of the two), else jax.random.bits."""
+    (m/2 hashes, where jax.random.bits in JAX's default partitionable mode hashes once per word and keeps
+    the XOR of the two), else jax.random.bits. The same on every backend, so masks do not depend on it."""
     typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
     impl = str(jax.random.key_impl(key)) if typed else jax.config.jax_default_prng_impl
     data = jax.random.key_data(key)
