@@ -187,6 +187,15 @@ def _duplicated_fusions(hlo, min_elements):
     return [v for v in groups.values() if len(v) > 1]
 
 
+def _gradient_duplicates(block, x, emb):
+    """_duplicated_fusions of the CPU-form gradient of sum(block(x, emb)²) w.r.t. parameters and x."""
+    with fl.forms(True):
+        params = block.init(jax.random.PRNGKey(0), x, emb)
+        loss = lambda p, x: jnp.sum(block.apply(p, x, emb) ** 2)
+        hlo = jax.jit(jax.grad(loss, (0, 1))).lower(params, x).compile().as_text()
+    return _duplicated_fusions(hlo, x.shape[0] * x.shape[1] * x.shape[2] * 32)     # one 32-channel activation
+
+
 def test_group_norm_input_gradient_is_computed_once_on_the_cpu(monkeypatch):
     """The premise of GroupNorm's input barrier, in a UNet block's pattern (conv → per-example add → GroupNorm
     + SiLU): the input's gradient feeds the conv's input gradient as [B,H,W,C] and the per-example sums as
@@ -200,16 +209,9 @@ def test_group_norm_input_gradient_is_computed_once_on_the_cpu(monkeypatch):
             h = fl.add_per_example(fl.Conv(32, (3, 3), 1)(x), nn.Dense(32)(emb))
             return fl.GroupNorm(8, silu=True)(h)
 
-    def duplicates():
-        with fl.forms(True):
-            block = Block()
-            params = block.init(jax.random.PRNGKey(0), x, emb)
-            loss = lambda p, x: jnp.sum(block.apply(p, x, emb) ** 2)
-            hlo = jax.jit(jax.grad(loss, (0, 1))).lower(params, x).compile().as_text()
-            return _duplicated_fusions(hlo, 8 * 16 * 16 * 32)
-    assert duplicates() == []
+    assert _gradient_duplicates(Block(), x, emb) == []
     monkeypatch.setattr(fl, "materialize_tangent", lambda v: v)        # positive control: no barriers
-    assert duplicates() != []
+    assert _gradient_duplicates(Block(), x, emb) != []
 
 
 def test_attention_block_residual_is_computed_once_on_the_cpu(monkeypatch):
@@ -219,13 +221,7 @@ def test_attention_block_residual_is_computed_once_on_the_cpu(monkeypatch):
     from jaxrepro.models import ddpmpp
     x, emb = jnp.asarray(_x((8, 16, 16, 32))), jnp.asarray(_x((8, 64), 1))
 
-    def duplicates():
-        with fl.forms(True):
-            block = ddpmpp.UNetBlock(32, attention=True)
-            params = block.init(jax.random.PRNGKey(0), x, emb)
-            loss = lambda p, x: jnp.sum(block.apply(p, x, emb) ** 2)
-            hlo = jax.jit(jax.grad(loss, (0, 1))).lower(params, x).compile().as_text()
-            return _duplicated_fusions(hlo, 8 * 16 * 16 * 32)
-    assert duplicates() == []
+    block = ddpmpp.UNetBlock(32, attention=True)
+    assert _gradient_duplicates(block, x, emb) == []
     monkeypatch.setattr(ddpmpp, "materialize", lambda v: v)        # positive control: no barriers
-    assert duplicates() != []
+    assert _gradient_duplicates(block, x, emb) != []
