@@ -7,6 +7,7 @@ setup(
     description="Learned vs closed-form optimal denoisers in JAX/Flax (Zhang et al., ICML 2024)",
     # the configs travel with the package, so `--config=/path/to/configs/x.py` works from any directory
     packages=find_packages(include=["jaxrepro", "jaxrepro.*", "configs", "configs.*"]),
+    package_data={"jaxrepro.models": ["*.cc"]},     # C++ kernels, compiled on first use (models/cpu_kernels.py)
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.10.2,<0.11",

@@ -16,6 +16,8 @@ def test_wheel_holds_every_module_and_runs_from_another_directory(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     tree = {os.path.relpath(p, ROOT) for d in ("jaxrepro", "configs")
             for p in glob.glob(os.path.join(ROOT, d, "**", "*.py"), recursive=True)}
+    tree |= {os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "jaxrepro", "**", "*.cc"), recursive=True)}
+    assert "jaxrepro/models/nhwc_to_chwn.cc" in tree                 # the C++ kernel's source travels too
     assert tree and tree <= names, sorted(tree - names)
     target = tmp_path / "site"
     inst = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), wheel],

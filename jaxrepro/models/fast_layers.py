@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from jaxrepro.models import cpu_kernels
+
 _HI = jax.lax.Precision.HIGHEST
 CPU_FORMS: Optional[bool] = None      # None: these forms on the CPU backend only; tests set True/False
 
@@ -187,10 +189,35 @@ class Conv(nn.Module):
             # a matmul on [B·H·W, C]: its weight gradient is one transposed-operand matmul, where XLA:CPU
             # runs a 1×1 convolution's as a convolution over the whole image after permuting both operands
             return jnp.dot(x.reshape(-1, x.shape[-1]), kernel[0, 0]).reshape(*x.shape[:-1], kernel.shape[-1])
+        if _cpu_forms() and _chwn_kernel():
+            return conv_cpu(x, kernel, self.padding)
         return _conv(x, kernel, self.padding)
 
 
-def _conv(x, w, padding):
-    """Stride-1 convolution, NHWC input and output, HWIO kernel, `padding` pixels on every side."""
+def _chwn_kernel():
+    """True where conv_cpu's kernel runs: XLA:CPU on one device (XLA cannot partition the custom call
+    over several; there the plain convolution keeps the batch sharded) with the kernel built."""
+    return jax.default_backend() == "cpu" and jax.device_count() == 1 and cpu_kernels.available()
+
+
+def _conv(x, w, padding, lhs="NHWC"):
+    """Stride-1 convolution, `lhs` input layout, NHWC output, HWIO kernel, `padding` pixels on every side."""
     return jax.lax.conv_general_dilated(x, w, (1, 1), [(padding, padding)] * 2,
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                                        dimension_numbers=(lhs, "HWIO", "NHWC"))
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(2,))
+def conv_cpu(x, w, padding):
+    """_conv(x, w, padding) whose weight derivative reads x permuted to [C,H,W,N] by the C++ kernel: the
+    operand layout of XLA:CPU's weight-gradient convolution, so XLA does not permute x itself."""
+    return _conv(x, w, padding)
+
+
+@partial(conv_cpu.defjvp, symbolic_zeros=True)
+def _conv_cpu_jvp(padding, primals, tangents):
+    (x, w), (tx, tw) = primals, tangents
+    terms = [] if type(tx) is jax.custom_derivatives.SymbolicZero else [_conv(tx, w, padding)]
+    if type(tw) is not jax.custom_derivatives.SymbolicZero:
+        terms.append(_conv(cpu_kernels.nhwc_to_chwn(x), tw, padding, lhs="CHWN"))
+    y = _conv(x, w, padding)
+    return y, (sum(terms[1:], terms[0]) if terms else jnp.zeros_like(y))
