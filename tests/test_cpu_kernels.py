@@ -22,6 +22,21 @@ U = 2.0 ** -24
 HAVE_COMPILER = ck._compiler() is not None
 
 
+def _kernel_runs():
+    """Whether nhwc_to_chwn uses the kernel here (built, and the default backend is the CPU)."""
+    return ck.available() and jax.default_backend() == "cpu"
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    """The kernel state as in a new process, building into an empty cache, whatever the user's environment."""
+    monkeypatch.delenv("JAXREPRO_CPU_KERNELS", raising=False)
+    monkeypatch.setenv("JAXREPRO_KERNEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(ck._state, "ready", None)
+    monkeypatch.setitem(ck._state, "why", "")
+    return tmp_path / "cache"
+
+
 def _x(shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
@@ -30,22 +45,32 @@ def _hlo(f, *args):
     return jax.jit(f).lower(*args).compile().as_text()
 
 
-def test_the_kernel_is_built_where_a_compiler_exists(tmp_path, caplog):
-    """A fresh build in an empty directory; a second call finds it instead of rebuilding."""
+def test_the_kernel_is_built_where_a_compiler_exists(fresh, caplog):
+    """A fresh build in an empty directory, loadable by others; a second call finds it instead of rebuilding."""
     if not HAVE_COMPILER:                      # no compiler here: the error names the missing compiler
         with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
-            ck.build(tmp_path)
+            ck.build(fresh)
         with caplog.at_level(logging.WARNING):
-            ck._state.update(ready=None)
             assert not ck.available()
         assert "XLA's (slower) transpose is used instead" in caplog.text
         return
-    lib = ck.build(tmp_path)
-    assert lib.parent == tmp_path and lib.suffix == ".so" and lib.stat().st_size > 0
-    assert [p.name for p in tmp_path.iterdir()] == [lib.name]           # no temporary file left behind
+    assert ck.available()                                              # built into the empty cache
+    lib, = fresh.iterdir()                                             # no temporary file left behind
+    assert lib.suffix == ".so" and lib.stat().st_size > 0 and lib.stat().st_mode & 0o005 == 0o005 & ~_umask()
     mtime = lib.stat().st_mtime_ns
-    assert ck.build(tmp_path) == lib and lib.stat().st_mtime_ns == mtime
-    assert ck.available()
+    assert ck.build() == lib and lib.stat().st_mtime_ns == mtime
+
+
+def _umask():
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+def test_an_unusable_cxx_is_named(monkeypatch):
+    monkeypatch.setenv("CXX", "/nonexistent/g++ -O2")
+    with pytest.raises(RuntimeError, match=r"\$CXX='/nonexistent/g\+\+ -O2' is not a usable compiler"):
+        ck._compiler()
 
 
 def test_a_failed_build_leaves_no_partial_library(tmp_path, monkeypatch):
@@ -73,7 +98,7 @@ def test_permutation_is_exact(shape):
     want = np.transpose(np.asarray(x), (*range(r - 4), r - 1, r - 3, r - 2, r - 4))
     assert np.array_equal(np.asarray(jax.jit(ck.nhwc_to_chwn)(x)), want)
     hlo = _hlo(ck.nhwc_to_chwn, x)
-    assert (ck.TARGET in hlo) == ck.available()                        # the kernel ran wherever it is built
+    assert (ck.TARGET in hlo) == _kernel_runs()                        # the kernel ran wherever it is built
     xb = jnp.stack([x, -x, 2 * x])                                      # vmap: one more leading dimension
     got = jax.jit(jax.vmap(ck.nhwc_to_chwn))(xb)
     assert np.array_equal(np.asarray(got), np.stack([want, -want, 2 * want]))
@@ -87,11 +112,29 @@ def test_fallback_is_xla_transpose(monkeypatch):
     assert np.array_equal(np.asarray(ck.nhwc_to_chwn(x)), np.transpose(np.asarray(x), (3, 1, 2, 0)))
 
 
-def test_off_switch(monkeypatch):
-    monkeypatch.setitem(ck._state, "ready", None)
+def test_off_switch(fresh, monkeypatch):
     monkeypatch.setenv("JAXREPRO_CPU_KERNELS", "0")
     assert not ck.available() and ck._state["why"] == "JAXREPRO_CPU_KERNELS=0"
-    monkeypatch.setitem(ck._state, "ready", None)                     # restored for the other tests
+    assert not fresh.exists()                                          # nothing was built
+
+
+def test_portable_path_is_exact(tmp_path):
+    """The scalar 8×8 path (the only one on non-x86 CPUs or without AVX2), built with JAXREPRO_NO_AVX2."""
+    import ctypes
+    if not HAVE_COMPILER:                      # without a compiler the fallback runs instead (tested above)
+        with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+            ck.build(tmp_path, defines=("JAXREPRO_NO_AVX2",))
+        return
+    lib = ctypes.cdll.LoadLibrary(str(ck.build(tmp_path, defines=("JAXREPRO_NO_AVX2",))))
+    name = ck.TARGET + "_portable_test"
+    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(lib.JaxreproNhwcToChwn), platform="cpu")
+    for shape in [(64, 8, 8, 32), (9, 3, 5, 13), (2, 3, 5, 7, 11)]:
+        x = jnp.asarray(_x(shape))
+        r = len(shape)
+        perm = (*range(r - 4), r - 1, r - 3, r - 2, r - 4)
+        out = jax.ShapeDtypeStruct(tuple(shape[p] for p in perm), jnp.float32)
+        got = jax.jit(jax.ffi.ffi_call(name, out))(x)
+        assert np.array_equal(np.asarray(got), np.transpose(np.asarray(x), perm))
 
 
 def test_rank_below_four_is_refused():
@@ -135,7 +178,7 @@ def test_conv_cpu_derivatives_against_float64(shape, pad):
     _, ddw = jax.jvp(lambda x: jax.grad(loss, 1)(x, w), (x,), (v,))
     _, rdv, _, adv = _ref_conv_grads(v, w, g, pad)
     assert np.all(np.abs(np.asarray(ddw, np.float64) - rdv) <= (n_w + 1) * U * adv + 1e-30)
-    if fl._chwn_kernel():                                               # the kernel is what was tested
+    if _kernel_runs():                                                  # the kernel is what was tested
         assert ck.TARGET in _hlo(jax.grad(loss, 1), x, w)
 
 
@@ -153,11 +196,13 @@ def test_premise_xla_permutes_the_conv_input_itself_without_the_kernel():
     x, w = jnp.asarray(_x(shape)), jnp.asarray(_x((3, 3, 24, 24), 1))
     plain = _hlo(jax.grad(lambda x, w: jnp.sum(jnp.sin(fl._conv(x, w, 1))), 1), x, w)
     assert _transposes_to_chwn(plain, shape)
-    if not fl._chwn_kernel():
-        assert not ck.available() and ck._state["why"]                 # only where the kernel cannot be built
+    if not _kernel_runs():
+        assert not ck.available() and ck._state["why"] or jax.default_backend() != "cpu"
         return
     ours = _hlo(jax.grad(lambda x, w: jnp.sum(jnp.sin(fl.conv_cpu(x, w, 1))), 1), x, w)
     assert not _transposes_to_chwn(ours, shape) and ck.TARGET in ours
+    ffi = re.search(r"%(ffi_call[\w.]*) = f32\[24,8,8,16\]", ours).group(1)
+    assert re.search(rf"convolution\(%{ffi}, ", ours)                  # the weight gradient reads it directly
 
 
 def test_conv_layer_uses_the_kernel_only_on_one_cpu_device(monkeypatch):

@@ -14,6 +14,7 @@ import importlib.metadata
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -25,6 +26,7 @@ import jax.numpy as jnp
 SOURCE = Path(__file__).with_name("nhwc_to_chwn.cc")
 TARGET = "jaxrepro_nhwc_to_chwn"
 _state = {"ready": None, "why": ""}          # ready: None (not tried), True, False
+_log = logging.getLogger(__name__)
 
 
 def cache_dir():
@@ -36,20 +38,27 @@ def cache_dir():
 
 
 def _compiler():
-    for c in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        if c and shutil.which(c):
-            return shutil.which(c)
+    """The compiler command ($CXX split as a shell would, else c++, g++, clang++), or None."""
+    if os.environ.get("CXX"):
+        cmd = shlex.split(os.environ["CXX"])
+        if cmd and shutil.which(cmd[0]):
+            return [shutil.which(cmd[0]), *cmd[1:]]
+        raise RuntimeError(f"$CXX={os.environ['CXX']!r} is not a usable compiler command")
+    for c in ("c++", "g++", "clang++"):
+        if shutil.which(c):
+            return [shutil.which(c)]
     return None
 
 
-def build(out_dir=None):
-    """Compile the kernel (or find it built) and return the shared library's path; raises on failure."""
+def build(out_dir=None, defines=()):
+    """Compile the kernel (or find it built) and return the shared library's path; raises on failure.
+    `defines` (e.g. "JAXREPRO_NO_AVX2", the portable path) are passed as -D flags."""
     cxx = _compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler found (set $CXX, or install g++ or clang++)")
-    src = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([src, importlib.metadata.version("jaxlib").encode(), cxx.encode(),
-                                     platform.machine().encode()])).hexdigest()[:16]
+    flags = ["-O3", "-std=c++17", "-shared", "-fPIC", *(f"-D{d}" for d in defines)]
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), importlib.metadata.version("jaxlib").encode(),
+                                     " ".join(cxx + flags).encode(), platform.machine().encode()])).hexdigest()[:16]
     out_dir = Path(out_dir) if out_dir else cache_dir()
     lib = out_dir / f"nhwc_to_chwn-{key}.so"
     if lib.exists():
@@ -57,11 +66,14 @@ def build(out_dir=None):
     out_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)          # built aside, renamed into place whole
     os.close(fd)
-    cmd = [cxx, "-O3", "-std=c++17", "-shared", "-fPIC", f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", tmp]
+    cmd = [*cxx, *flags, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", tmp]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if res.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stderr[-2000:]}")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o755 & ~umask)                              # loadable by others sharing the cache
         os.replace(tmp, lib)
     finally:
         if os.path.exists(tmp):
@@ -76,12 +88,16 @@ def available():
             _state.update(ready=False, why="JAXREPRO_CPU_KERNELS=0")
             return False
         try:
-            lib = ctypes.cdll.LoadLibrary(str(build()))
+            try:
+                path = build()
+            except OSError:                                        # the cache directory is not writable
+                path = build(Path(tempfile.gettempdir()) / f"jaxrepro-{os.getuid()}")
+            lib = ctypes.cdll.LoadLibrary(str(path))
             jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.JaxreproNhwcToChwn), platform="cpu")
             _state.update(ready=True, why="")
         except Exception as e:                                     # any failure: XLA's transpose instead
             _state.update(ready=False, why=f"{type(e).__name__}: {e}")
-            logging.warning("jaxrepro: the C++ NHWC→CHWN kernel is unavailable, XLA's (slower) transpose is "
+            _log.warning("jaxrepro: the C++ NHWC→CHWN kernel is unavailable, XLA's (slower) transpose is "
                             "used instead: %s", _state["why"])
     return _state["ready"]
 

@@ -209,7 +209,8 @@ def _conv(x, w, padding, lhs="NHWC"):
 @partial(jax.custom_jvp, nondiff_argnums=(2,))
 def conv_cpu(x, w, padding):
     """_conv(x, w, padding) whose weight derivative reads x permuted to [C,H,W,N] by the C++ kernel: the
-    operand layout of XLA:CPU's weight-gradient convolution, so XLA does not permute x itself."""
+    operand layout of XLA:CPU's weight-gradient convolution, so XLA does not permute x itself. (Forward-mode
+    derivatives along w alone gain nothing: XLA permutes the kernel's output back for them.)"""
     return _conv(x, w, padding)
 
 

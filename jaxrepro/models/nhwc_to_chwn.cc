@@ -10,10 +10,11 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <new>
 
 #include "xla/ffi/api/ffi.h"
 
-#if defined(__x86_64__) || defined(_M_X64)
+#if (defined(__x86_64__) || defined(_M_X64)) && !defined(JAXREPRO_NO_AVX2)
 #include <immintrin.h>
 #define JAXREPRO_X86 1
 #endif
@@ -53,7 +54,7 @@ __attribute__((target("avx2"))) void Transpose8Avx2(const float* s, int64_t ss, 
   _mm256_storeu_ps(d + 6 * ds, _mm256_permute2f128_ps(u2, u6, 0x31));
   _mm256_storeu_ps(d + 7 * ds, _mm256_permute2f128_ps(u3, u7, 0x31));
 }
-const bool kHasAvx2 = __builtin_cpu_supports("avx2");
+const bool kHasAvx2 = (__builtin_cpu_init(), __builtin_cpu_supports("avx2"));
 #endif
 
 void Transpose8(const float* s, int64_t ss, float* d, int64_t ds) {
@@ -102,25 +103,31 @@ ffi::Future NhwcToChwnImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::R
   }
   Shape s{1, dims[rank - 4], dims[rank - 3] * dims[rank - 2], dims[rank - 1]};
   for (int64_t d = 0; d < rank - 4; ++d) s.batch *= dims[d];
+  if (s.batch * s.n * s.m * s.c == 0) {
+    promise.SetAvailable();
+    return future;
+  }
   const int64_t units = s.batch * s.blocks_per_item();
   const float* xp = x.typed_data();
   float* yp = y->typed_data();
   const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), units));
   const int64_t scratch = s.n * kPixelBlock * s.c;
-  if (units == 0 || tasks == 1) {
-    std::unique_ptr<float[]> buf(new float[scratch]);
-    Run(xp, yp, s, 0, units, buf.get());
-    promise.SetAvailable();
+  // One task's share; an allocation failure is reported as an error, never thrown across the FFI boundary.
+  auto run = [=](int64_t t, int64_t of) -> ffi::Error {
+    std::unique_ptr<float[]> buf(new (std::nothrow) float[scratch]);
+    if (!buf) return ffi::Error(ffi::ErrorCode::kResourceExhausted, "nhwc_to_chwn: out of memory for scratch");
+    Run(xp, yp, s, units * t / of, units * (t + 1) / of, buf.get());
+    return ffi::Error::Success();
+  };
+  if (tasks == 1) {
+    ffi::Error e = run(0, 1);
+    if (e.success()) promise.SetAvailable(); else promise.SetError(e);
     return future;
   }
   ffi::CountDownPromise done(std::move(promise), tasks);
-  auto part = [=](int64_t t) mutable {
-    std::unique_ptr<float[]> buf(new float[scratch]);
-    Run(xp, yp, s, units * t / tasks, units * (t + 1) / tasks, buf.get());
-    done.CountDown(1);
-  };
-  for (int64_t t = 1; t < tasks; ++t) pool.Schedule([part, t]() mutable { part(t); });
-  part(0);
+  for (int64_t t = 1; t < tasks; ++t)
+    pool.Schedule([run, done, t, tasks]() mutable { done.CountDown(1, run(t, tasks)); });
+  done.CountDown(1, run(0, tasks));
   return future;
 }
 
