@@ -26,6 +26,7 @@ import jax.numpy as jnp
 SOURCE = Path(__file__).with_name("nhwc_to_chwn.cc")
 TARGET = "jaxrepro_nhwc_to_chwn"
 _state = {"ready": None, "why": ""}          # ready: None (not tried), True, False
+_registered = []                              # the library registered with XLA in this process (once only)
 _log = logging.getLogger(__name__)
 
 
@@ -92,8 +93,10 @@ def available():
                 path = build()
             except OSError:                                        # the cache directory is not writable
                 path = build(Path(tempfile.gettempdir()) / f"jaxrepro-{os.getuid()}")
-            lib = ctypes.cdll.LoadLibrary(str(path))
-            jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.JaxreproNhwcToChwn), platform="cpu")
+            if not _registered:                                    # XLA refuses a second library under one name
+                lib = ctypes.cdll.LoadLibrary(str(path))
+                jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.JaxreproNhwcToChwn), platform="cpu")
+                _registered.append(lib)
             _state.update(ready=True, why="")
         except Exception as e:                                     # any failure: XLA's transpose instead
             _state.update(ready=False, why=f"{type(e).__name__}: {e}")
