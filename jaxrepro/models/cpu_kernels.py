@@ -5,7 +5,7 @@ layout streams at 1–3 GB/s (it walks the input at a power-of-two stride). The 
 blocks once and transposes them in registers (≈ 1.5× a memcpy). It is compiled with the system C++
 compiler ($CXX, c++, g++ or clang++) against jaxlib's FFI headers into a cache directory
 ($JAXREPRO_KERNEL_CACHE, else $XDG_CACHE_HOME/jaxrepro or ~/.cache/jaxrepro), keyed by the source, jaxlib
-version and compiler. Where that fails (no compiler, no headers), `available()` is False, a warning says
+version, compiler and flags. Where that fails (no compiler, no headers), `available()` is False, a warning says
 why once, and callers use XLA's transpose: the same numbers, slower. JAXREPRO_CPU_KERNELS=0 turns it off.
 """
 import ctypes
@@ -25,8 +25,8 @@ import jax.numpy as jnp
 
 SOURCE = Path(__file__).with_name("nhwc_to_chwn.cc")
 TARGET = "jaxrepro_nhwc_to_chwn"
-_state = {"ready": None, "why": ""}          # ready: None (not tried), True, False
-_registered = []                              # the library registered with XLA in this process (once only)
+# ready: None (not tried), True, False; lib: the library registered with XLA in this process (once only)
+_state = {"ready": None, "why": "", "lib": None}
 _log = logging.getLogger(__name__)
 
 
@@ -93,10 +93,10 @@ def available():
                 path = build()
             except OSError:                                        # the cache directory is not writable
                 path = build(Path(tempfile.gettempdir()) / f"jaxrepro-{os.getuid()}")
-            if not _registered:                                    # XLA refuses a second library under one name
+            if _state["lib"] is None:                              # XLA refuses a second library under one name
                 lib = ctypes.cdll.LoadLibrary(str(path))
                 jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.JaxreproNhwcToChwn), platform="cpu")
-                _registered.append(lib)
+                _state["lib"] = lib
             _state.update(ready=True, why="")
         except Exception as e:                                     # any failure: XLA's transpose instead
             _state.update(ready=False, why=f"{type(e).__name__}: {e}")
