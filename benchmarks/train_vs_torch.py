@@ -8,7 +8,9 @@ Contenders are timed in turns (torch, jax variants, torch, …) for --repeats ro
 each (after one untimed settling step: the first step after the other framework ran is up to 1.6×
 slower, so without it the ratio measures the switch, not training); a contender's time is the median
 over its rounds of the per-round median step, and its ratio to torch is the median of the per-round
-ratios (so a noisy stretch of the machine hits both).
+ratios (so a noisy stretch of the machine hits both). A jaxrepro contender with steps_per_execution = k
+(`_steps{k}`: k optimiser steps per jitted call, train.steps_per_execution) is timed per call and
+reported per step.
 """
 import argparse
 import json
@@ -58,23 +60,27 @@ def torch_contenders(edm_dir, channels, batch, lr):
     return step, forward, sum(p.numel() for p in net.parameters())
 
 
-def jax_contenders(channels, batch, lr, micro_batch):
-    """(train step, forward) closures of jaxrepro's DDPM++ with the same settings."""
+def jax_contenders(channels, batch, lr, micro_batch, steps=1):
+    """(train call, forward) closures of jaxrepro's DDPM++ with the same settings; a call takes `steps` steps."""
     model = get_model("ddpmpp_c32", model_channels=channels)
     params = init_params(model, (32, 32, 3), 0)
     kw = dict(micro_batch=micro_batch) if micro_batch else {}
-    cfg = TrainConfig(batch_size=batch, lr=lr, warmup_images=1, **kw)
+    cfg = TrainConfig(batch_size=batch, lr=lr, warmup_images=1, steps_per_execution=steps, **kw)
     opt = make_optimizer(cfg)
     box = [init_state(params, opt)]
-    step_fn = make_train_step(ModelApply(model), Precond("edm"), LossConfig("edm"), cfg, opt)
+    step_fn = make_train_step(ModelApply(model), Precond("edm"), LossConfig("edm"), cfg, opt, steps=steps)
     images = np.random.default_rng(0).uniform(-1, 1, (batch, 32, 32, 3)).astype(np.float32)
     labels, pos = np.zeros(batch, np.int32), np.arange(batch, dtype=np.int32)
+    batches = (images, labels, pos)
+    if steps > 1:                                   # [k, B, ...]: the k steps' batches (positions differ)
+        batches = (np.stack([images] * steps), np.stack([labels] * steps),
+                   np.arange(steps * batch, dtype=np.int32).reshape(steps, batch))
     denoise = make_denoiser(ModelApply(model), params, "edm")
     fwd = jax.jit(lambda x: denoise(x, jnp.ones((batch,))))
 
     def step():
-        box[0], m = step_fn(box[0], images, labels, pos)
-        return float(m["loss"])
+        box[0], m = step_fn(box[0], *batches)
+        return float(np.ravel(m["loss"])[-1])
 
     def forward():
         return float(fwd(images)[0, 0, 0, 0])
@@ -97,7 +103,9 @@ def main():
     parser.add_argument("--edm_dir", default=os.environ.get("EDM_DIR", ""), help="a checkout of NVlabs/edm")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--channels", type=int, default=32)
-    parser.add_argument("--micro_batches", default="0,16", help="jaxrepro micro_batch values to time (0 = off)")
+    parser.add_argument("--micro_batches", default="0", help="jaxrepro micro_batch values to time (0 = off)")
+    parser.add_argument("--steps_per_execution", default="1,2",
+                        help="jaxrepro steps_per_execution values to time (its time per step is reported)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args()
@@ -109,18 +117,19 @@ def main():
                       "xla_flags": os.environ.get("XLA_FLAGS", "")}), flush=True)
     lr = 1e-4
     t_step, t_fwd, t_count = torch_contenders(args.edm_dir, args.channels, args.batch, lr)
-    contenders = {"torch": (t_step, t_fwd)}
+    contenders = {"torch": (t_step, t_fwd, 1)}
     for m in [int(v) for v in args.micro_batches.split(",")]:
-        j_step, j_fwd, j_count = jax_contenders(args.channels, args.batch, lr, m)
-        if j_count != t_count:
-            raise SystemExit(f"parameter counts differ: jaxrepro {j_count}, EDM {t_count}")
-        contenders[f"jax_micro{m}"] = (j_step, j_fwd)
-    for step, fwd in contenders.values():           # compile / warm up
+        for k in [int(v) for v in args.steps_per_execution.split(",")]:
+            j_step, j_fwd, j_count = jax_contenders(args.channels, args.batch, lr, m, k)
+            if j_count != t_count:
+                raise SystemExit(f"parameter counts differ: jaxrepro {j_count}, EDM {t_count}")
+            contenders[f"jax_micro{m}" + (f"_steps{k}" if k > 1 else "")] = (j_step, j_fwd, k)
+    for step, fwd, _ in contenders.values():        # compile / warm up
         step(), step(), fwd(), fwd()
     rounds = {name: {"step": [], "forward": []} for name in contenders}
     for r in range(args.repeats):
-        for name, (step, fwd) in contenders.items():
-            rounds[name]["step"].append(timed(step, args.steps))
+        for name, (step, fwd, k) in contenders.items():
+            rounds[name]["step"].append(timed(step, max(1, args.steps // k)) / k)     # seconds per optimiser step
             rounds[name]["forward"].append(timed(fwd, args.steps))
         print(json.dumps({"round": r, **{n: {k: round(v[-1], 3) for k, v in d.items()} for n, d in rounds.items()}}),
               flush=True)

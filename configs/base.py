@@ -22,7 +22,10 @@ def get_config(arg=None):
         # fine-tuning: regex over '/'-joined parameter paths that train ("" = all), and a run whose
         # "ema" or "raw" parameters initialise step 0 ("" = fresh init)
         trainable="", init_from="", init_params="ema",
-        compute_dtype="float32"))                                  # or bfloat16 (mixed precision on GPU/TPU)
+        compute_dtype="float32",                                   # or bfloat16 (mixed precision on GPU/TPU)
+        # optimiser steps per jitted call (> 1 amortises per-call dispatch and, on XLA:CPU, the mapping of
+        # the step's buffer of intermediates); gradient-accumulation passes per step (0 = off)
+        steps_per_execution=1, micro_batch=0))
     # EDM's ablation sampler: σ grid (discretization edm | vp | ve | iddpm) over [sigma_min, sigma_max]
     # (None: the discretization's default), clamped to the network's trained σ range; time variable
     # schedule linear | vp | ve and scaling none | vp

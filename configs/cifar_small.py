@@ -21,7 +21,8 @@ def get_config(arg=None):
     c.loss = dict(kind="vp")
     c.train.update(batch_size=128, num_steps=200_000, lr=1e-3, warmup_images=10_000_000,
                    ema_halflife_images=500_000, augment_p=0.12, log_every=1000, ckpt_every=10_000,
-                   sample_every=10_000, num_sample_seeds=64)
+                   sample_every=10_000, num_sample_seeds=64,
+                   steps_per_execution=2)     # two optimiser steps per jitted call (see README, Training)
     c.sample.num_seeds = 10_000
     c.generate.num_images = 50_000
     return c

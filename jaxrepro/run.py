@@ -25,10 +25,13 @@ from jaxrepro.samplers import SOLVERS
 from jaxrepro.train import TrainConfig, init_state, make_optimizer, train
 
 # Fields that may change between runs in one workdir (longer training, other seeds, other plots).
+# How the steps are executed may change too: it moves results only by float rounding.
 RESUMABLE = ("train.num_steps", "train.log_every", "train.ckpt_every", "train.keep_ckpts", "train.sample_every",
-             "train.num_sample_seeds", "sample.", "compare.", "generate.", "data.data_dir")
+             "train.num_sample_seeds", "train.steps_per_execution", "train.micro_batch", "sample.", "compare.",
+             "generate.", "data.data_dir")
 # Fields added after runs existed: a config.json without them holds their default.
-ADDED_DEFAULTS = {"train.trainable": "", "train.init_from": "", "train.init_params": "ema", "train.compute_dtype": "float32"}
+ADDED_DEFAULTS = {"train.trainable": "", "train.init_from": "", "train.init_params": "ema", "train.compute_dtype": "float32",
+                  "train.steps_per_execution": 1, "train.micro_batch": 0}
 
 
 def _flat(d, prefix=""):

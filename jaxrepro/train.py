@@ -26,6 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxrepro import augment as augment_lib
 from jaxrepro import distributed
 from jaxrepro.checkpoint import Checkpointer, set_aside
+from jaxrepro.data_stream import batch_positions, global_batches  # noqa: F401 (batch_positions re-exported)
 from jaxrepro.losses import LossConfig, batch_loss
 from jaxrepro.precond import Precond, apply_denoiser
 from jaxrepro.trainable import check_trainable, param_paths, trainable_mask  # noqa: F401 (param_paths re-exported)
@@ -37,6 +38,7 @@ class TrainConfig:
     """Optimisation and bookkeeping settings (EDM's recipe as defaults where it applies)."""
     batch_size: int = 128
     micro_batch: int = 0              # rows per gradient-accumulation pass inside the step (lax.scan); 0 = whole batch
+    steps_per_execution: int = 1      # optimiser steps per jitted call (Keras' name); > 1 amortises per-call costs
     num_steps: int = 1000
     lr: float = 1e-3
     warmup_images: int = 10_000_000   # linear lr warm-up length, in images
@@ -56,7 +58,7 @@ class TrainConfig:
     init_params: str = "ema"          # which of init_from's parameters: "ema" or "raw"
 
     def __post_init__(self):
-        for name in ("batch_size", "num_steps", "log_every", "ckpt_every", "keep_ckpts"):
+        for name in ("batch_size", "num_steps", "log_every", "ckpt_every", "keep_ckpts", "steps_per_execution"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.micro_batch < 0 or (self.micro_batch and self.batch_size % self.micro_batch):
@@ -120,8 +122,12 @@ def init_state(params, optimizer):
 
 
 def make_train_step(apply_fn, precond: Precond, loss_cfg: LossConfig, cfg: TrainConfig, optimizer,
-                    conditional=False):
-    """step(state, images [B, ...], labels [B], positions [B]) → (state, metrics); jitted, donates state."""
+                    conditional=False, steps=1):
+    """step(state, images [B, ...], labels [B], positions [B]) → (state, metrics); jitted, donates state.
+
+    steps = k > 1: one call takes k optimiser steps — images [k, B, ...], labels and positions [k, B],
+    metrics [k] — each exactly as k calls of the one-step function would take it.
+    """
     base_key = jax.random.PRNGKey(cfg.seed)
 
     def net(params, xin, *args, **kwargs):          # the network in compute_dtype; params stay float32
@@ -158,11 +164,8 @@ def make_train_step(apply_fn, precond: Precond, loss_cfg: LossConfig, cfg: Train
                 return jax.tree_util.tree_map(jnp.add, acc, (value, g)), None
             shapes = jax.eval_shape(grad_fn, params, key, *(a[:m] for a in (images, labels, positions)))
             zero = jax.tree_util.tree_map(lambda t: jnp.zeros(t.shape, t.dtype), shapes)
-            # XLA:CPU runs a rolled loop around convolutions pathologically (a 2-iteration DDPM++ scan compiled
-            # for > 9 min); there the loop is unrolled (k copies of the step), elsewhere it stays rolled
-            unroll = b // m if jax.default_backend() == "cpu" else 1
             (total, grads), _ = jax.lax.scan(body, zero, (micro(images), micro(labels), micro(positions)),
-                                             unroll=unroll)
+                                             unroll=_scan_unroll(b // m))
         return total / b, jax.tree_util.tree_map(lambda g: g / b, grads)
 
     def step(state, images, labels, positions):
@@ -188,17 +191,21 @@ def make_train_step(apply_fn, precond: Precond, loss_cfg: LossConfig, cfg: Train
             bad_what=jnp.where(first_bad, jnp.where(jnp.isfinite(loss), 2, 1), state.bad_what))
         return new, {"loss": loss, "grad_norm": grad_norm}
 
-    return jax.jit(step, donate_argnums=0)
+    if steps == 1:
+        return jax.jit(step, donate_argnums=0)
+
+    def multi_step(state, images, labels, positions):
+        # the k steps share one allocation of XLA's buffer of intermediates, which XLA:CPU maps afresh per
+        # call (and the kernel zeroes page by page: ≈ 400,000 page faults per DDPM++ C = 32 step of batch 64)
+        return jax.lax.scan(lambda s, rows: step(s, *rows), state, (images, labels, positions),
+                            unroll=_scan_unroll(steps))
+    return jax.jit(multi_step, donate_argnums=0)
 
 
-def batch_positions(step, batch_size, n, seed):
-    """(data indices [B], stream positions [B]) of a step: epoch e uses permutation rng([seed, e])."""
-    pos = step * batch_size + np.arange(batch_size, dtype=np.int64)
-    idx = np.empty(batch_size, np.int64)
-    for e in np.unique(pos // n):
-        sel = pos // n == e
-        idx[sel] = np.random.default_rng([seed, int(e)]).permutation(n)[pos[sel] % n]
-    return idx, pos
+def _scan_unroll(length):
+    """lax.scan's unroll for a loop around the network: XLA:CPU compiles a rolled loop around convolutions
+    pathologically (a 2-iteration DDPM++ scan took > 9 min), so there it is unrolled; elsewhere rolled."""
+    return length if jax.default_backend() == "cpu" else 1
 
 
 class NonFiniteError(RuntimeError):
@@ -214,15 +221,16 @@ def train(workdir, images, labels, apply_fn, params, precond: Precond, loss_cfg:
     JSON lines in workdir/metrics.jsonl; sample_fn(ema_params, step) is called every sample_every steps.
     One writer per workdir (a lock); a workdir whose run cannot be resumed is refused unless fresh_start.
     """
-    n = len(images)
     mesh = distributed.data_mesh(devices)                            # every device of every process
     if cfg.batch_size % mesh.size or (cfg.micro_batch or cfg.batch_size) % mesh.size:
         raise ValueError(f"batch_size {cfg.batch_size} and micro_batch {cfg.micro_batch} must be divisible by the "
                          f"{mesh.size} devices")
-    repl, shard = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    repl = NamedSharding(mesh, P())
     check_trainable(params, cfg.trainable)
     optimizer = make_optimizer(cfg)
-    step_fn = make_train_step(apply_fn, precond, loss_cfg, cfg, optimizer, conditional)
+    k_max = cfg.steps_per_execution
+    step_fns = {k: make_train_step(apply_fn, precond, loss_cfg, cfg, optimizer, conditional, steps=k)
+                for k in sorted({1, k_max})}      # jitted lazily: the one-step form compiles only if used
     images, labels = np.asarray(images), np.asarray(labels, np.int32)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     main = distributed.is_main()                                     # process 0 alone writes records
@@ -233,21 +241,19 @@ def train(workdir, images, labels, apply_fn, params, precond: Precond, loss_cfg:
         if start >= cfg.num_steps:
             log(f"the newest checkpoint (step {start}) is already at or past num_steps={cfg.num_steps}; "
                 f"nothing to train (raise train.num_steps to continue)")
-        t0, last_log, pending = time.time(), start, []
-        for step in range(start, cfg.num_steps):
-            idx, pos = batch_positions(step, cfg.batch_size, n, cfg.seed)
-            batch = [distributed.put_global(shard, (cfg.batch_size, *a.shape[1:]), lambda rows, a=a: a[idx[rows]])
-                     for a in (images, labels)] + [distributed.put_global(shard, (cfg.batch_size,),
-                                                                          lambda rows: pos[rows].astype(np.int32))]
-            state, m = step_fn(state, *batch)
+        t0, last_log, pending, step = time.time(), start, [], start
+        while step < cfg.num_steps:
+            k = k_max if step + k_max <= _next_event(step, cfg, sample_fn is not None) else 1
+            state, m = step_fns[k](state, *global_batches(mesh, step, k, cfg.batch_size, cfg.seed, images, labels))
             pending.append(m)
-            done = step + 1
+            step = done = step + k                                   # no log/checkpoint/sample step inside
             if done % cfg.log_every == 0 or done == cfg.num_steps:
                 _check_finite(state)
-                losses = [float(x["loss"]) for x in pending]
+                losses = np.concatenate([np.ravel(x["loss"]) for x in pending])
                 elapsed = time.time() - t0
                 rate = (done - last_log) / max(elapsed, 1e-9)
-                rec = {"step": done, "loss": float(np.mean(losses)), "grad_norm": float(pending[-1]["grad_norm"]),
+                rec = {"step": done, "loss": float(np.mean(losses)),
+                       "grad_norm": float(np.ravel(pending[-1]["grad_norm"])[-1]),
                        "steps_per_s": rate, "images_per_s": rate * cfg.batch_size}
                 if main:
                     with open(metrics_path, "a") as f:
@@ -265,6 +271,12 @@ def train(workdir, images, labels, apply_fn, params, precond: Precond, loss_cfg:
                 sample_fn(state.ema_params, done)
         ckpt.wait()
     return state
+
+
+def _next_event(step, cfg: TrainConfig, sampling):
+    """The first step after `step` that logs, checkpoints, samples or ends the run."""
+    every = [cfg.log_every, cfg.ckpt_every] + ([cfg.sample_every] if sampling and cfg.sample_every else [])
+    return min([cfg.num_steps] + [(step // e + 1) * e for e in every])
 
 
 def _resume(ckpt, state, metrics_path, fresh_start, log):

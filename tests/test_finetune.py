@@ -97,13 +97,17 @@ def test_init_from_another_run_then_finetune_a_subset(tmp_path):
 
 
 def test_a_run_written_before_the_finetuning_fields_still_reopens(tmp_path):
+    """…and before compute_dtype, steps_per_execution and micro_batch; the last two may change on a rerun."""
     wd = str(tmp_path / "old")
     Job(digits(), wd, writes=True, log=lambda *_: None)
     path = os.path.join(wd, "config.json")
     cfg = json.load(open(path))
-    for key in ("trainable", "init_from", "init_params"):
+    for key in ("trainable", "init_from", "init_params", "compute_dtype", "steps_per_execution", "micro_batch"):
         del cfg["train"][key]
     json.dump(cfg, open(path, "w"))
     Job(digits(), wd, log=lambda *_: None)                                 # no "different config" refusal
+    Job(digits(steps_per_execution=4, micro_batch=8), wd, log=lambda *_: None)
+    with pytest.raises(ValueError, match="different config"):
+        Job(digits(compute_dtype="bfloat16"), wd, log=lambda *_: None)
     with pytest.raises(ValueError, match="different config"):
         Job(digits(trainable="out"), wd, log=lambda *_: None)

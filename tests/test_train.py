@@ -123,13 +123,16 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 
 
 def test_data_parallel_and_micro_batches_match_one_device():
-    """5 steps on 8 forced CPU devices, and on 8 devices in 2 micro-batches of 8, equal the 1-device run for
-    the same global batch — with dropout and label dropout on, so every example's mask must come from its
-    own stream position, not from where it sits in the batch (a batch-wide mask would differ by O(1)).
+    """5 steps on 8 forced CPU devices, on 8 devices in 2 micro-batches of 8, and on 8 devices two optimiser
+    steps per call (steps 0–1 and 2–3 in one call each, step 4 alone) — the last two also with the loops
+    rolled, as on GPUs and TPUs — equal the 1-device run for the same
+    global batch — with dropout and label dropout on, so every example's mask must come from its own stream
+    position, not from where it sits in the batch (a batch-wide mask would differ by O(1)); a step of a
+    two-step call fed another step's rows, key or learning rate would differ by O(1) as well.
 
-    The two runs differ only in the order in which the batch gradient is summed (per device, then
-    across devices). The run is in float64 so that this reordering stays ≤ B·eps64·Σ|g| ≈ 4e-15 of
-    the gradient; Adam divides by √v, which can magnify a relative gradient error for an element by at
+    The runs differ only in the order in which the batch gradient is summed (per device, then
+    across devices) and in how XLA fuses the two-step program (a contracted multiply-add: one rounding,
+    eps64, per operation). The run is in float64 so that these stay ≤ B·eps64·Σ|g| ≈ 4e-15 of the gradient; Adam divides by √v, which can magnify a relative gradient error for an element by at
     most max|g|/|g| of its own history (< 1e4 here), so parameters agree to < 1e-10 relative. rtol 1e-8
     holds on any machine; float32 (eps 1.2e-7 × that magnification) would not give a bound worth asserting.
     """
@@ -147,9 +150,14 @@ def test_data_parallel_and_micro_batches_match_one_device():
         imgs = imgs.astype(np.float64)
         cfg = TrainConfig(batch_size=16, num_steps=5, lr=1e-2, warmup_images=40, log_every=5, ckpt_every=5)
         micro = TrainConfig(**{{**cfg.__dict__, "micro_batch": 8}})
-        runs = [(cfg, jax.devices()[:1]), (cfg, jax.devices()), (micro, jax.devices())]
+        two = TrainConfig(**{{**cfg.__dict__, "steps_per_execution": 2}})
+        runs = [(cfg, jax.devices()[:1]), (cfg, jax.devices()), (micro, jax.devices()), (two, jax.devices())]
         outs = [train(tempfile.mkdtemp(), imgs, labels, apply_fn, params, Precond("edm"), LossConfig("edm"),
                       c, conditional=True, log=lambda *_: None, devices=d) for c, d in runs]
+        import jaxrepro.train as train_lib          # the rolled loops GPUs and TPUs get (CPU unrolls them)
+        train_lib._scan_unroll = lambda length: 1
+        outs += [train(tempfile.mkdtemp(), imgs, labels, apply_fn, params, Precond("edm"), LossConfig("edm"),
+                       c, conditional=True, log=lambda *_: None, devices=jax.devices()) for c in (micro, two)]
         assert all(a.dtype == np.float64 for a in leaves(outs[0]) if a.dtype.kind == "f")
         for other in outs[1:]:
             for a, b in zip(leaves(outs[0]), leaves(other)):
@@ -183,3 +191,27 @@ def test_bfloat16_compute_keeps_float32_state_and_loss_parity(tmp_path):
     assert rel.max() <= 0.02 and rel.max() > 0, rel       # > 0: the bfloat16 path is really taken
     with pytest.raises(ValueError, match="compute_dtype must be float32 or bfloat16"):
         TrainConfig(compute_dtype="float16")
+
+
+def test_steps_per_execution_runs_whole_calls_between_events(tmp_path, monkeypatch):
+    """steps_per_execution = 3, records every 4 steps, 9 steps: calls of 3 steps where no record, checkpoint
+    or end falls inside (0–2, 4–6), single steps before each event (3, 7, 8); records and checkpoints at the
+    same steps as a one-step-per-call run. (That the steps of a call equal single steps is the 8-device test's.)"""
+    import jaxrepro.train as train_lib
+    calls, make = [], train_lib.make_train_step
+
+    def spy(*args, steps=1, **kw):
+        fn = make(*args, steps=steps, **kw)
+        return lambda state, *batch: (calls.append((int(state.step), steps, batch[0].shape)), fn(state, *batch))[1]
+    monkeypatch.setattr(train_lib, "make_train_step", spy)
+    multi = run(tmp_path / "k3", 9, log_every=4, ckpt_every=8, steps_per_execution=3)
+    assert calls == [(0, 3, (3, 8, *SHAPE)), (3, 1, (8, *SHAPE)), (4, 3, (3, 8, *SHAPE)), (7, 1, (8, *SHAPE)),
+                     (8, 1, (8, *SHAPE))], calls
+    assert int(multi.step) == 9
+    run(tmp_path / "k1", 9, log_every=4, ckpt_every=8)
+    recs = [[json.loads(line) for line in open(tmp_path / k / "metrics.jsonl")] for k in ("k3", "k1")]
+    assert [r["step"] for r in recs[0]] == [r["step"] for r in recs[1]] == [4, 8, 9]
+    from jaxrepro.checkpoint import Checkpointer
+    assert Checkpointer(str(tmp_path / "k3" / "checkpoints")).steps() == [8, 9]
+    with pytest.raises(ValueError, match="steps_per_execution must be >= 1"):
+        TrainConfig(steps_per_execution=0)

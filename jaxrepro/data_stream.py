@@ -1,0 +1,38 @@
+"""The training data stream: which rows each step reads, and the global batch arrays built from them.
+
+The batch of step s is a pure function of (seed, s): epoch e reads the data in the permutation
+rng([seed, e]), and example j of the stream (position p = s·B + j) keeps p as its identity, from which
+the step draws its σ, noise, dropout mask and augmentation — so nothing depends on the device count.
+"""
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxrepro import distributed
+
+
+def batch_positions(step, batch_size, n, seed):
+    """(data indices [B], stream positions [B]) of a step: epoch e uses permutation rng([seed, e])."""
+    pos = step * batch_size + np.arange(batch_size, dtype=np.int64)
+    idx = np.empty(batch_size, np.int64)
+    for e in np.unique(pos // n):
+        sel = pos // n == e
+        idx[sel] = np.random.default_rng([seed, int(e)]).permutation(n)[pos[sel] % n]
+    return idx, pos
+
+
+def global_batches(mesh, step, k, batch_size, seed, images, labels):
+    """(images, labels, positions) of steps step … step+k−1 as global arrays sharded over the batch axis:
+    [B, ...] for k = 1, [k, B, ...] otherwise; each process reads only its own rows of the data."""
+    picks = [batch_positions(s, batch_size, len(images), seed) for s in range(step, step + k)]
+    idx, pos = np.stack([p[0] for p in picks]), np.stack([p[1] for p in picks]).astype(np.int32)   # [k, B]
+    if k == 1:
+        shard = NamedSharding(mesh, P("data"))
+        return [distributed.put_global(shard, (batch_size, *a.shape[1:]), lambda rows, a=a: a[idx[0, rows]])
+                for a in (images, labels)] + [distributed.put_global(shard, (batch_size,),
+                                                                     lambda rows: pos[0, rows])]
+    shard = NamedSharding(mesh, P(None, "data"))
+    put = lambda block, shape: jax.make_array_from_callback(   # noqa: E731  block(step slice, row slice)
+        (k, batch_size, *shape), shard, lambda index: block(index[0], index[1]))
+    return [put(lambda s, r, a=a: a[idx[s, r]], a.shape[1:]) for a in (images, labels)] + \
+        [put(lambda s, r: pos[s, r], ())]
