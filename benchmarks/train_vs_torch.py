@@ -129,7 +129,7 @@ def main():
     rounds = {name: {"step": [], "forward": []} for name in contenders}
     for r in range(args.repeats):
         for name, (step, fwd, k) in contenders.items():
-            rounds[name]["step"].append(timed(step, max(1, args.steps // k)) / k)     # seconds per optimiser step
+            rounds[name]["step"].append(timed(step, -(-args.steps // k)) / k)     # seconds per optimiser step
             rounds[name]["forward"].append(timed(fwd, args.steps))
         print(json.dumps({"round": r, **{n: {k: round(v[-1], 3) for k, v in d.items()} for n, d in rounds.items()}}),
               flush=True)

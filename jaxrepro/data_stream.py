@@ -1,4 +1,5 @@
-"""The training data stream: which rows each step reads, and the global batch arrays built from them.
+"""The training data stream: which rows each step reads, the global batch arrays built from them, and how
+many steps each jitted call takes.
 
 The batch of step s is a pure function of (seed, s): epoch e reads the data in the permutation
 rng([seed, e]), and example j of the stream (position p = s·B + j) keeps p as its identity, from which
@@ -24,6 +25,8 @@ def batch_positions(step, batch_size, n, seed):
 def global_batches(mesh, step, k, batch_size, seed, images, labels):
     """(images, labels, positions) of steps step … step+k−1 as global arrays sharded over the batch axis:
     [B, ...] for k = 1, [k, B, ...] otherwise; each process reads only its own rows of the data."""
+    if (step + k) * batch_size > 2 ** 31:           # positions travel as int32
+        raise ValueError(f"step {step + k} of batch {batch_size} passes 2^31 data-stream positions")
     picks = [batch_positions(s, batch_size, len(images), seed) for s in range(step, step + k)]
     idx, pos = np.stack([p[0] for p in picks]), np.stack([p[1] for p in picks]).astype(np.int32)   # [k, B]
     if k == 1:
@@ -36,3 +39,10 @@ def global_batches(mesh, step, k, batch_size, seed, images, labels):
         (k, batch_size, *shape), shard, lambda index: block(index[0], index[1]))
     return [put(lambda s, r, a=a: a[idx[s, r]], a.shape[1:]) for a in (images, labels)] + \
         [put(lambda s, r: pos[s, r], ())]
+
+
+def call_length(step, k, num_steps, every):
+    """Steps the call starting at `step` takes: k if no multiple of an interval in `every` (0 = off) and not
+    num_steps falls inside it — those steps log, checkpoint or sample — else 1. The same on every process."""
+    upcoming = min([num_steps] + [(step // e + 1) * e for e in every if e])
+    return k if step + k <= upcoming else 1

@@ -30,8 +30,7 @@ RESUMABLE = ("train.num_steps", "train.log_every", "train.ckpt_every", "train.ke
              "train.num_sample_seeds", "train.steps_per_execution", "train.micro_batch", "sample.", "compare.",
              "generate.", "data.data_dir")
 # Fields added after runs existed: a config.json without them holds their default.
-ADDED_DEFAULTS = {"train.trainable": "", "train.init_from": "", "train.init_params": "ema", "train.compute_dtype": "float32",
-                  "train.steps_per_execution": 1, "train.micro_batch": 0}
+ADDED_DEFAULTS = {"train.trainable": "", "train.init_from": "", "train.init_params": "ema", "train.compute_dtype": "float32"}
 
 
 def _flat(d, prefix=""):

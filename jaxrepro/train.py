@@ -26,7 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxrepro import augment as augment_lib
 from jaxrepro import distributed
 from jaxrepro.checkpoint import Checkpointer, set_aside
-from jaxrepro.data_stream import batch_positions, global_batches  # noqa: F401 (batch_positions re-exported)
+from jaxrepro.data_stream import batch_positions, call_length, global_batches  # noqa: F401 (batch_positions re-exported)
 from jaxrepro.losses import LossConfig, batch_loss
 from jaxrepro.precond import Precond, apply_denoiser
 from jaxrepro.trainable import check_trainable, param_paths, trainable_mask  # noqa: F401 (param_paths re-exported)
@@ -229,6 +229,12 @@ def train(workdir, images, labels, apply_fn, params, precond: Precond, loss_cfg:
     check_trainable(params, cfg.trainable)
     optimizer = make_optimizer(cfg)
     k_max = cfg.steps_per_execution
+    uneven = [f"{name}={e}" for name, e in (("log_every", cfg.log_every), ("ckpt_every", cfg.ckpt_every),
+                                            ("sample_every", cfg.sample_every)) if e % k_max]
+    if uneven:
+        log(f"note: steps_per_execution={k_max} does not divide {', '.join(uneven)}: the steps before each of "
+            f"those run one per call (a second program to compile); which steps share a call moves results by "
+            f"float rounding only")
     step_fns = {k: make_train_step(apply_fn, precond, loss_cfg, cfg, optimizer, conditional, steps=k)
                 for k in sorted({1, k_max})}      # jitted lazily: the one-step form compiles only if used
     images, labels = np.asarray(images), np.asarray(labels, np.int32)
@@ -243,13 +249,13 @@ def train(workdir, images, labels, apply_fn, params, precond: Precond, loss_cfg:
                 f"nothing to train (raise train.num_steps to continue)")
         t0, last_log, pending, step = time.time(), start, [], start
         while step < cfg.num_steps:
-            k = k_max if step + k_max <= _next_event(step, cfg, sample_fn is not None) else 1
+            k = call_length(step, k_max, cfg.num_steps, (cfg.log_every, cfg.ckpt_every, cfg.sample_every))
             state, m = step_fns[k](state, *global_batches(mesh, step, k, cfg.batch_size, cfg.seed, images, labels))
             pending.append(m)
             step = done = step + k                                   # no log/checkpoint/sample step inside
             if done % cfg.log_every == 0 or done == cfg.num_steps:
                 _check_finite(state)
-                losses = np.concatenate([np.ravel(x["loss"]) for x in pending])
+                losses = np.concatenate([np.ravel(x["loss"]).astype(np.float64) for x in pending])
                 elapsed = time.time() - t0
                 rate = (done - last_log) / max(elapsed, 1e-9)
                 rec = {"step": done, "loss": float(np.mean(losses)),
@@ -271,12 +277,6 @@ def train(workdir, images, labels, apply_fn, params, precond: Precond, loss_cfg:
                 sample_fn(state.ema_params, done)
         ckpt.wait()
     return state
-
-
-def _next_event(step, cfg: TrainConfig, sampling):
-    """The first step after `step` that logs, checkpoints, samples or ends the run."""
-    every = [cfg.log_every, cfg.ckpt_every] + ([cfg.sample_every] if sampling and cfg.sample_every else [])
-    return min([cfg.num_steps] + [(step // e + 1) * e for e in every])
 
 
 def _resume(ckpt, state, metrics_path, fresh_start, log):

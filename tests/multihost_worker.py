@@ -33,7 +33,8 @@ images = rng.uniform(-1, 1, (24, 4, 4, 1)).astype(np.float32)
 labels = np.zeros(24, np.int32)
 model = get_model("mlp_tiny")
 cfg = TrainConfig(batch_size=8, num_steps=int(os.environ.get("STEPS", "4")), lr=1e-2, warmup_images=40,
-                  log_every=2, ckpt_every=2, ema_halflife_images=16)
+                  log_every=2, ckpt_every=2, ema_halflife_images=16,
+                  steps_per_execution=int(os.environ.get("STEPS_PER_EXECUTION", "1")))
 kill = os.environ.get("KILL_PROCESS_1_AT")        # test hook: process 1 dies while saving this step
 state = train(workdir, images, labels, ModelApply(model), init_params(model, (4, 4, 1), 0), Precond("edm"),
               LossConfig("edm"), cfg, log=lambda m: print(f"[{jax.process_index()}] {m}", flush=True),

@@ -35,8 +35,9 @@ def two_processes(out, workdir, env_extra=None):
     return logs
 
 
-def one_process(out, workdir):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+def one_process(out, workdir, env_extra=None):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               **(env_extra or {}))
     res = subprocess.run([sys.executable, WORKER, out, workdir], env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
 
@@ -44,10 +45,11 @@ def one_process(out, workdir):
 def test_two_processes_equal_one_process_with_two_devices(tmp_path):
     for d in ("multi", "single"):
         (tmp_path / d).mkdir()
-    logs = two_processes(str(tmp_path / "multi"), str(tmp_path / "multi" / "run"))
-    one_process(str(tmp_path / "single"), str(tmp_path / "single" / "run"))
+    two_steps = {"STEPS_PER_EXECUTION": "2"}        # steps 0–1 and 2–3 in one call each, batches [2, B, ...]
+    logs = two_processes(str(tmp_path / "multi"), str(tmp_path / "multi" / "run"), two_steps)
+    one_process(str(tmp_path / "single"), str(tmp_path / "single" / "run"), two_steps)
     multi, single = np.load(tmp_path / "multi" / "out.npz"), np.load(tmp_path / "single" / "out.npz")
-    # Training: the same 2-device program; each device holds the same 4 rows of every batch in both runs and
+    # Training (two optimiser steps per call; the restart test below runs one per call): the same 2-device program; each device holds the same 4 rows of every batch in both runs and
     # the cross-device gradient sum has two terms (a + b = b + a exactly), so parameters agree to float32
     # rounding of the collectives' implementations: allow 4 eps of each value after 4 Adam steps.
     for key in single.files:

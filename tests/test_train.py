@@ -137,7 +137,7 @@ def test_data_parallel_and_micro_batches_match_one_device():
     holds on any machine; float32 (eps 1.2e-7 × that magnification) would not give a bound worth asserting.
     """
     script = textwrap.dedent(f"""
-        import sys, tempfile; sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import json, sys, tempfile; sys.path.insert(0, {os.path.dirname(__file__)!r})
         import jax, jax.numpy as jnp, numpy as np
         jax.config.update("jax_enable_x64", True)
         assert jax.device_count() == 8
@@ -152,16 +152,22 @@ def test_data_parallel_and_micro_batches_match_one_device():
         micro = TrainConfig(**{{**cfg.__dict__, "micro_batch": 8}})
         two = TrainConfig(**{{**cfg.__dict__, "steps_per_execution": 2}})
         runs = [(cfg, jax.devices()[:1]), (cfg, jax.devices()), (micro, jax.devices()), (two, jax.devices())]
-        outs = [train(tempfile.mkdtemp(), imgs, labels, apply_fn, params, Precond("edm"), LossConfig("edm"),
-                      c, conditional=True, log=lambda *_: None, devices=d) for c, d in runs]
-        import jaxrepro.train as train_lib          # the rolled loops GPUs and TPUs get (CPU unrolls them)
-        train_lib._scan_unroll = lambda length: 1
-        outs += [train(tempfile.mkdtemp(), imgs, labels, apply_fn, params, Precond("edm"), LossConfig("edm"),
-                       c, conditional=True, log=lambda *_: None, devices=jax.devices()) for c in (micro, two)]
+        import jaxrepro.train as train_lib          # then the rolled loops GPUs and TPUs get (CPU unrolls them)
+        runs += [("rolled", c, jax.devices()) for c in (micro, two)]
+        outs, dirs = [], []
+        for *rolled, c, d in runs:
+            train_lib._scan_unroll = (lambda length: 1) if rolled else (lambda length: length)
+            dirs.append(tempfile.mkdtemp())
+            outs.append(train(dirs[-1], imgs, labels, apply_fn, params, Precond("edm"), LossConfig("edm"),
+                              c, conditional=True, log=lambda *_: None, devices=d))
         assert all(a.dtype == np.float64 for a in leaves(outs[0]) if a.dtype.kind == "f")
         for other in outs[1:]:
             for a, b in zip(leaves(outs[0]), leaves(other)):
                 np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-12)
+        # the step-5 record: mean loss over steps 0–4 (with two steps per call: from calls of 2, 2 and 1)
+        recs = [json.loads(open(d + "/metrics.jsonl").read()) for d in dirs]
+        for r in recs[1:]:
+            np.testing.assert_allclose([r["loss"], r["grad_norm"]], [recs[0]["loss"], recs[0]["grad_norm"]], rtol=1e-8)
         print("OK")
     """)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
@@ -196,7 +202,8 @@ def test_bfloat16_compute_keeps_float32_state_and_loss_parity(tmp_path):
 def test_steps_per_execution_runs_whole_calls_between_events(tmp_path, monkeypatch):
     """steps_per_execution = 3, records every 4 steps, 9 steps: calls of 3 steps where no record, checkpoint
     or end falls inside (0–2, 4–6), single steps before each event (3, 7, 8); records and checkpoints at the
-    same steps as a one-step-per-call run. (That the steps of a call equal single steps is the 8-device test's.)"""
+    same steps as a one-step-per-call run; with samples every 6 steps too, step 4 runs alone (4–6 would
+    pass step 6), and 8–10 in one call. (That the steps of a call equal single steps, and the records' values, is the 8-device test's.)"""
     import jaxrepro.train as train_lib
     calls, make = [], train_lib.make_train_step
 
@@ -213,5 +220,14 @@ def test_steps_per_execution_runs_whole_calls_between_events(tmp_path, monkeypat
     assert [r["step"] for r in recs[0]] == [r["step"] for r in recs[1]] == [4, 8, 9]
     from jaxrepro.checkpoint import Checkpointer
     assert Checkpointer(str(tmp_path / "k3" / "checkpoints")).steps() == [8, 9]
+    calls.clear()
+    imgs, labels, apply_fn, params = setup()
+    sampled, logs = [], []
+    cfg = TrainConfig(batch_size=8, num_steps=12, log_every=4, ckpt_every=12, sample_every=6, steps_per_execution=3)
+    train(str(tmp_path / "s"), imgs, labels, apply_fn, params, Precond("edm"), LossConfig("edm"), cfg,
+          sample_fn=lambda ema, step: sampled.append(step), log=logs.append)
+    assert [c[:2] for c in calls] == [(0, 3), (3, 1), (4, 1), (5, 1), (6, 1), (7, 1), (8, 3), (11, 1)], calls
+    assert sampled == [6, 12]
+    assert "steps_per_execution=3 does not divide log_every=4:" in logs[0], logs
     with pytest.raises(ValueError, match="steps_per_execution must be >= 1"):
         TrainConfig(steps_per_execution=0)
