@@ -5,7 +5,6 @@ The batch of step s is a pure function of (seed, s): epoch e reads the data in t
 rng([seed, e]), and example j of the stream (position p = s·B + j) keeps p as its identity, from which
 the step draws its σ, noise, dropout mask and augmentation — so nothing depends on the device count.
 """
-import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -29,16 +28,15 @@ def global_batches(mesh, step, k, batch_size, seed, images, labels):
         raise ValueError(f"step {step + k} of batch {batch_size} passes 2^31 data-stream positions")
     picks = [batch_positions(s, batch_size, len(images), seed) for s in range(step, step + k)]
     idx, pos = np.stack([p[0] for p in picks]), np.stack([p[1] for p in picks]).astype(np.int32)   # [k, B]
-    if k == 1:
-        shard = NamedSharding(mesh, P("data"))
-        return [distributed.put_global(shard, (batch_size, *a.shape[1:]), lambda rows, a=a: a[idx[0, rows]])
-                for a in (images, labels)] + [distributed.put_global(shard, (batch_size,),
-                                                                     lambda rows: pos[0, rows])]
-    shard = NamedSharding(mesh, P(None, "data"))
-    put = lambda block, shape: jax.make_array_from_callback(   # noqa: E731  block(step slice, row slice)
-        (k, batch_size, *shape), shard, lambda index: block(index[0], index[1]))
-    return [put(lambda s, r, a=a: a[idx[s, r]], a.shape[1:]) for a in (images, labels)] + \
-        [put(lambda s, r: pos[s, r], ())]
+    lead = (k,) if k > 1 else ()                   # one step: [B, ...], as the one-step function takes it
+    if not lead:
+        idx, pos = idx[0], pos[0]
+    shard = NamedSharding(mesh, P(*(None,) * len(lead), "data"))
+
+    def put(shape, rows):                          # rows(row slice) → this process's block, all k steps
+        return distributed.put_global(shard, (*lead, batch_size, *shape), rows, axis=len(lead))
+    return [put(a.shape[1:], lambda r, a=a: a[idx[..., r]]) for a in (images, labels)] + \
+        [put((), lambda r: pos[..., r])]
 
 
 def call_length(step, k, num_steps, every):

@@ -57,9 +57,10 @@ def data_mesh(devices=None, axis="data"):
     return Mesh(np.array(jax.devices() if devices is None else devices), (axis,))
 
 
-def put_global(sharding, shape, rows):
-    """A global array [shape] sharded on axis 0, each process reading only its own rows: rows(slice) → numpy."""
-    return jax.make_array_from_callback(shape, sharding, lambda idx: rows(idx[0]))
+def put_global(sharding, shape, rows, axis=0):
+    """A global array [shape] sharded on `axis` (the axes before it whole), each process reading only its own
+    rows: rows(slice along axis) → numpy."""
+    return jax.make_array_from_callback(shape, sharding, lambda idx: rows(idx[axis]))
 
 
 def my_seeds(seeds):

@@ -26,7 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxrepro import augment as augment_lib
 from jaxrepro import distributed
 from jaxrepro.checkpoint import Checkpointer, set_aside
-from jaxrepro.data_stream import batch_positions, call_length, global_batches  # noqa: F401 (batch_positions re-exported)
+from jaxrepro.data_stream import batch_positions, call_length, global_batches  # noqa: F401 (re-exported)
 from jaxrepro.losses import LossConfig, batch_loss
 from jaxrepro.precond import Precond, apply_denoiser
 from jaxrepro.trainable import check_trainable, param_paths, trainable_mask  # noqa: F401 (param_paths re-exported)
