@@ -18,6 +18,7 @@ def test_wheel_holds_every_module_and_runs_from_another_directory(tmp_path):
             for p in glob.glob(os.path.join(ROOT, d, "**", "*.py"), recursive=True)}
     tree |= {os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "jaxrepro", "**", "*.cc"), recursive=True)}
     assert "jaxrepro/models/nhwc_to_chwn.cc" in tree                 # the C++ kernel's source travels too
+    assert "jaxrepro/models/conv_weight_grad.cc" in tree
     assert tree and tree <= names, sorted(tree - names)
     target = tmp_path / "site"
     inst = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), wheel],

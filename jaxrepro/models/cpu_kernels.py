@@ -1,12 +1,16 @@
-"""The [N,H,W,C] → [C,H,W,N] permutation as a C++ XLA FFI kernel (nhwc_to_chwn.cc), built on first use.
+"""The C++ XLA FFI kernels for the CPU, built on first use: the [N,H,W,C] → [C,H,W,N] permutation
+(nhwc_to_chwn.cc) and a stride-1 convolution's weight gradient (conv_weight_grad.cc, used through
+models/conv_weight_grad.py).
 
 XLA:CPU's weight-gradient convolution reads its input as [C,H,W,N], and XLA's own permutation to that
-layout streams at 1–3 GB/s (it walks the input at a power-of-two stride). The kernel here copies pixel
-blocks once and transposes them in registers (≈ 1.5× a memcpy). It is compiled with the system C++
-compiler ($CXX, c++, g++ or clang++) against jaxlib's FFI headers into a cache directory
-($JAXREPRO_KERNEL_CACHE, else $XDG_CACHE_HOME/jaxrepro or ~/.cache/jaxrepro), keyed by the source, jaxlib
+layout streams at 1–3 GB/s (it walks the input at a power-of-two stride). The permutation kernel copies pixel
+blocks once and transposes them in registers (≈ 1.5× a memcpy); the weight-gradient kernel needs no
+permutation at all and runs at ≈ 2× XLA's weight-gradient convolution. Both are compiled into one library
+with the system C++ compiler ($CXX, c++, g++ or clang++) against jaxlib's FFI headers into a cache directory
+($JAXREPRO_KERNEL_CACHE, else $XDG_CACHE_HOME/jaxrepro or ~/.cache/jaxrepro), keyed by the sources, jaxlib
 version, compiler and flags. Where that fails (no compiler, no headers), `available()` is False, a warning says
-why once, and callers use XLA's transpose: the same numbers, slower. JAXREPRO_CPU_KERNELS=0 turns it off.
+why once, and callers use XLA's transpose and convolutions: the same numbers, slower. JAXREPRO_CPU_KERNELS=0
+turns them off.
 """
 import ctypes
 import hashlib
@@ -24,7 +28,9 @@ import jax
 import jax.numpy as jnp
 
 SOURCE = Path(__file__).with_name("nhwc_to_chwn.cc")
+DW_SOURCE = Path(__file__).with_name("conv_weight_grad.cc")
 TARGET = "jaxrepro_nhwc_to_chwn"
+DW_TARGET = "jaxrepro_conv_weight_grad"
 # ready: None (not tried), True, False; lib: the library registered with XLA in this process (once only)
 _state = {"ready": None, "why": "", "lib": None}
 _log = logging.getLogger(__name__)
@@ -57,8 +63,9 @@ def build(out_dir=None, defines=()):
     cxx = _compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler found (set $CXX, or install g++ or clang++)")
-    flags = ["-O3", "-std=c++17", "-shared", "-fPIC", *(f"-D{d}" for d in defines)]
-    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), importlib.metadata.version("jaxlib").encode(),
+    flags = ["-O3", "-std=c++17", "-shared", "-fPIC", "-Wno-psabi", *(f"-D{d}" for d in defines)]
+    sources = [SOURCE, DW_SOURCE]
+    key = hashlib.sha256(b"\0".join([*(f.read_bytes() for f in sources), importlib.metadata.version("jaxlib").encode(),
                                      " ".join(cxx + flags).encode(), platform.machine().encode()])).hexdigest()[:16]
     out_dir = Path(out_dir) if out_dir else cache_dir()
     lib = out_dir / f"nhwc_to_chwn-{key}.so"
@@ -67,7 +74,7 @@ def build(out_dir=None, defines=()):
     out_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)          # built aside, renamed into place whole
     os.close(fd)
-    cmd = [*cxx, *flags, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", tmp]
+    cmd = [*cxx, *flags, f"-I{jax.ffi.include_dir()}", *map(str, sources), "-o", tmp]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if res.returncode != 0:
@@ -96,12 +103,13 @@ def available():
             if _state["lib"] is None:                              # XLA refuses a second library under one name
                 lib = ctypes.cdll.LoadLibrary(str(path))
                 jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.JaxreproNhwcToChwn), platform="cpu")
+                jax.ffi.register_ffi_target(DW_TARGET, jax.ffi.pycapsule(lib.JaxreproConvWeightGrad), platform="cpu")
                 _state["lib"] = lib
             _state.update(ready=True, why="")
         except Exception as e:                                     # any failure: XLA's transpose instead
             _state.update(ready=False, why=f"{type(e).__name__}: {e}")
-            _log.warning("jaxrepro: the C++ NHWC→CHWN kernel is unavailable, XLA's (slower) transpose is "
-                            "used instead: %s", _state["why"])
+            _log.warning("jaxrepro: the C++ CPU kernels are unavailable, XLA's (slower) transpose is used instead "
+                         "(and XLA's weight-gradient convolution): %s", _state["why"])
     return _state["ready"]
 
 

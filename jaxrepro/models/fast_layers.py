@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from jaxrepro.models import cpu_kernels
+from jaxrepro.models.conv_weight_grad import conv as _conv, kernel_applies, weight_term
 
 _HI = jax.lax.Precision.HIGHEST
 CPU_FORMS: Optional[bool] = None      # None: these forms on the CPU backend only; tests set True/False
@@ -200,17 +201,13 @@ def _chwn_kernel():
     return jax.default_backend() == "cpu" and jax.device_count() == 1 and cpu_kernels.available()
 
 
-def _conv(x, w, padding, lhs="NHWC"):
-    """Stride-1 convolution, `lhs` input layout, NHWC output, HWIO kernel, `padding` pixels on every side."""
-    return jax.lax.conv_general_dilated(x, w, (1, 1), [(padding, padding)] * 2,
-                                        dimension_numbers=(lhs, "HWIO", "NHWC"))
-
-
 @partial(jax.custom_jvp, nondiff_argnums=(2,))
 def conv_cpu(x, w, padding):
-    """_conv(x, w, padding) whose weight derivative reads x permuted to [C,H,W,N] by the C++ kernel: the
-    operand layout of XLA:CPU's weight-gradient convolution, so XLA does not permute x itself. (Forward-mode
-    derivatives along w alone gain nothing: XLA permutes the kernel's output back for them.)"""
+    """_conv(x, w, padding) whose weight gradient is a C++ kernel: for 16k output channels the weight term
+    is conv_weight_grad.weight_term, transposed by conv_weight_grad.cc (≈ 2× XLA's weight-gradient
+    convolution); otherwise XLA's weight-gradient convolution reads x permuted to [C,H,W,N] by the
+    nhwc_to_chwn kernel, its operand layout, so XLA does not permute x itself. Every derivative, forward
+    and reverse, of any order, equals the plain convolution's."""
     return _conv(x, w, padding)
 
 
@@ -219,6 +216,9 @@ def _conv_cpu_jvp(padding, primals, tangents):
     (x, w), (tx, tw) = primals, tangents
     terms = [] if type(tx) is jax.custom_derivatives.SymbolicZero else [_conv(tx, w, padding)]
     if type(tw) is not jax.custom_derivatives.SymbolicZero:
-        terms.append(_conv(cpu_kernels.nhwc_to_chwn(x), tw, padding, lhs="CHWN"))
+        if kernel_applies(x, jax.ShapeDtypeStruct((1, 1, 1, w.shape[-1]), tw.dtype)):
+            terms.append(weight_term(x, tw, padding))          # transposed: the C++ weight-gradient kernel
+        else:
+            terms.append(_conv(cpu_kernels.nhwc_to_chwn(x), tw, padding, lhs="CHWN"))
     y = _conv(x, w, padding)
     return y, (sum(terms[1:], terms[0]) if terms else jnp.zeros_like(y))
