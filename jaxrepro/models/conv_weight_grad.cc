@@ -192,16 +192,27 @@ ffi::Future ConvWeightGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ff
     promise.SetAvailable();
     return future;
   }
-  auto c = std::make_shared<Call>();
+  std::shared_ptr<Call> c(new (std::nothrow) Call);
+  if (!c) {
+    promise.SetError(ffi::Error(ffi::ErrorCode::kResourceExhausted, "conv_weight_grad: out of memory"));
+    return future;
+  }
   c->s = s, c->x = x.typed_data(), c->dy = dy.typed_data(), c->out = out, c->size = size, c->fn = Pick();
-  c->tasks = std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), s.n));
+  // one task per thread, at most one per image, and partial sums of at most 64 MiB in all
+  const int64_t by_memory = 1 + (int64_t{64} << 20) / (size * int64_t{sizeof(float)});
+  c->tasks = std::max<int64_t>(1, std::min<int64_t>({static_cast<int64_t>(pool.num_threads()), s.n, by_memory}));
   if (c->tasks > 1) {
     c->partial.reset(new (std::nothrow) float[(c->tasks - 1) * size]());
     if (!c->partial) c->tasks = 1;                         // no room for partial sums: one task
   }
   c->running.store(c->tasks);
   c->done = ffi::CountDownPromise(std::move(promise), 1);
-  for (int64_t t = 1; t < c->tasks; ++t) pool.Schedule([c, t]() { RunTask(c, t); });
+  int64_t t = 1;
+  try {                                                    // nothing may throw across the FFI boundary
+    for (; t < c->tasks; ++t) pool.Schedule([c, t]() { RunTask(c, t); });
+  } catch (...) {                                          // tasks t.. not scheduled: run them here
+    for (; t < c->tasks; ++t) RunTask(c, t);
+  }
   RunTask(c, 0);
   return future;
 }

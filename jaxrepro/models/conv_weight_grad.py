@@ -2,9 +2,12 @@
 
 `weight_term(x, tw, padding)` is conv(x, tw) as a JAX primitive, bilinear in (x, tw): evaluated (or
 differentiated forward) it is XLA's convolution; transposed in tw — the weight gradient of reverse mode —
-it is `weight_grad(x, ct)`, which runs the kernel (2× XLA's weight-gradient convolution on 2-core AVX-512
-and AVX2 CPUs, see README Benchmarks) and whose own derivatives (second order) are XLA's. Transposed in x,
-under vmap and for other dtypes it is XLA's throughout, so every derivative equals the plain convolution's.
+it is `weight_grad(x, ct)`, which runs the kernel (≈ 2× XLA's weight-gradient convolution on a 2-core AVX-512
+CPU, see README Benchmarks) and whose own derivatives (second order) are XLA's. Transposed in x, under vmap
+and for other dtypes it is XLA's throughout, so every derivative equals the plain convolution's up to float32
+summation order — except that a NaN or ±inf in the cotangent at a border pixel reaches only the taps that
+see real pixels, where XLA's zero padding times NaN spreads it to all (the gradient is non-finite either way).
+Under vmap the kernel runs once per example (ffi "sequential").
 """
 from functools import partial
 
@@ -29,11 +32,19 @@ def weight_grad_xla(x, ct, kernel_hw, padding):
     return jax.vjp(lambda w: conv(x, w, padding), w)[1](ct)[0]
 
 
+def varying(*xs):
+    """True if any of xs varies over a manual mesh axis (inside jax.shard_map), where an FFI call's result
+    would not carry that mark: there the convolutions stay XLA's."""
+    return any(getattr(getattr(jax.typeof(x), "manual_axis_type", None), "varying", None) for x in xs)
+
+
 def kernel_applies(x, ct):
-    """True where weight_grad runs the C++ kernel: float32 rank-4 operands on a CPU with it built, and output
-    channels a multiple of 16 (whole vectors on every ISA; e.g. the 3-channel image conv stays with XLA)."""
+    """True where weight_grad runs the C++ kernel: float32 rank-4 operands on one CPU device with it built, not
+    varying inside shard_map, and output channels a multiple of 16 (whole vectors on every ISA; e.g. the
+    3-channel image conv stays with XLA)."""
     return (np.ndim(x) == 4 and np.ndim(ct) == 4 and x.dtype == ct.dtype == jnp.float32
-            and ct.shape[-1] % 16 == 0 and jax.default_backend() == "cpu" and cpu_kernels.available())
+            and ct.shape[-1] % 16 == 0 and jax.default_backend() == "cpu" and jax.device_count() == 1
+            and not varying(x, ct) and cpu_kernels.available())
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(2, 3))
@@ -68,8 +79,10 @@ def weight_term(x, tw, padding):
 def _abstract(x, tw, *, padding):
     n, h, w, _ = x.shape
     kh, kw, _, co = tw.shape
-    return jax.core.ShapedArray((n, h + 2 * padding - kh + 1, w + 2 * padding - kw + 1, co),
-                                jnp.result_type(x.dtype, tw.dtype))
+    shape = (n, h + 2 * padding - kh + 1, w + 2 * padding - kw + 1, co)
+    mat = x.manual_axis_type                        # inside shard_map: varying wherever either operand varies
+    mat = mat.update(varying=mat.varying | tw.manual_axis_type.varying)
+    return x.update(shape=shape, dtype=jnp.result_type(x.dtype, tw.dtype), manual_axis_type=mat)
 
 
 def _transpose_x(ct, x, tw, *, padding):

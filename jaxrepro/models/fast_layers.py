@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from jaxrepro.models import cpu_kernels
-from jaxrepro.models.conv_weight_grad import conv as _conv, kernel_applies, weight_term
+from jaxrepro.models.conv_weight_grad import conv as _conv, kernel_applies, varying, weight_term
 
 _HI = jax.lax.Precision.HIGHEST
 CPU_FORMS: Optional[bool] = None      # None: these forms on the CPU backend only; tests set True/False
@@ -207,7 +207,8 @@ def conv_cpu(x, w, padding):
     is conv_weight_grad.weight_term, transposed by conv_weight_grad.cc (≈ 2× XLA's weight-gradient
     convolution); otherwise XLA's weight-gradient convolution reads x permuted to [C,H,W,N] by the
     nhwc_to_chwn kernel, its operand layout, so XLA does not permute x itself. Every derivative, forward
-    and reverse, of any order, equals the plain convolution's."""
+    and reverse, of any order, equals the plain convolution's (see conv_weight_grad for a NaN at a border).
+    Inside shard_map, where a value varies over a manual axis, XLA's convolutions are used throughout."""
     return _conv(x, w, padding)
 
 
@@ -216,8 +217,10 @@ def _conv_cpu_jvp(padding, primals, tangents):
     (x, w), (tx, tw) = primals, tangents
     terms = [] if type(tx) is jax.custom_derivatives.SymbolicZero else [_conv(tx, w, padding)]
     if type(tw) is not jax.custom_derivatives.SymbolicZero:
-        if kernel_applies(x, jax.ShapeDtypeStruct((1, 1, 1, w.shape[-1]), tw.dtype)):
+        if kernel_applies(x, tw):                              # (tw [KH, KW, Ci, Co]: its Co and dtype)
             terms.append(weight_term(x, tw, padding))          # transposed: the C++ weight-gradient kernel
+        elif varying(x, tw):                                   # inside shard_map: XLA's (FFI calls lose the mark)
+            terms.append(_conv(x, tw, padding))
         else:
             terms.append(_conv(cpu_kernels.nhwc_to_chwn(x), tw, padding, lhs="CHWN"))
     y = _conv(x, w, padding)
