@@ -13,7 +13,6 @@
 #include <cstdint>
 #include <memory>
 #include <new>
-#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -132,7 +131,7 @@ void ImagesPlain(const Dims& s, const float* x, const float* dy, float* d, int64
 
 using ImagesFn = void (*)(const Dims&, const float*, const float*, float*, int64_t, int64_t);
 
-ImagesFn Pick() {
+ImagesFn PickOnce() {
 #ifdef JAXREPRO_DW_X86
   __builtin_cpu_init();
 #ifndef JAXREPRO_NO_AVX512                                 // (tests build without it to check the AVX2 path)
@@ -141,6 +140,11 @@ ImagesFn Pick() {
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return ImagesAvx2;
 #endif
   return ImagesPlain;
+}
+
+ImagesFn Pick() {                                          // the CPU does not change: decided on the first call
+  static const ImagesFn fn = PickOnce();
+  return fn;
 }
 
 // Shared by the tasks of one call: per-task partial sums and the count of tasks still running.

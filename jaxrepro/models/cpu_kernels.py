@@ -68,7 +68,7 @@ def build(out_dir=None, defines=()):
     key = hashlib.sha256(b"\0".join([*(f.read_bytes() for f in sources), importlib.metadata.version("jaxlib").encode(),
                                      " ".join(cxx + flags).encode(), platform.machine().encode()])).hexdigest()[:16]
     out_dir = Path(out_dir) if out_dir else cache_dir()
-    lib = out_dir / f"nhwc_to_chwn-{key}.so"
+    lib = out_dir / f"cpu_kernels-{key}.so"
     if lib.exists():
         return lib
     out_dir.mkdir(parents=True, exist_ok=True)
